@@ -1,0 +1,150 @@
+"""The service's domain logic, free of gRPC: record, list and diff, with access rules.
+
+The servicer converts protobuf to models and calls this; this validates, applies the rules,
+redacts SECRET snapshots and hands writes to the group-commit writer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from audit_service.diffs import diff_of
+from audit_service.errors import AuditError, InvalidArgument, NotFound, PermissionDenied
+from audit_service.ids import is_event_id
+from audit_service.models import Diff, NewEvent, RecordOutcome, ResourceType, StoredEvent
+from audit_service.page_tokens import PageTokens, query_digest
+from audit_service.principals import Principal, Role
+from audit_service.query import Condition, Cursor, Kind, Op, Query, Sort, sort_value
+from audit_service.secrets_redaction import SecretFingerprinter
+from audit_service.storage.base import Storage
+from audit_service.validation import validate
+from audit_service.writer import GroupCommitWriter
+
+WRITE_TIMEOUT_S = 120.0
+
+Clock = Callable[[], int]
+
+
+class AuditLog:
+    def __init__(
+        self,
+        storage: Storage,
+        writer: GroupCommitWriter,
+        fingerprinter: SecretFingerprinter,
+        page_tokens: PageTokens,
+        clock: Clock = time.time_ns,
+    ) -> None:
+        self.storage = storage
+        self._writer = writer
+        self._fingerprinter = fingerprinter
+        self._page_tokens = page_tokens
+        self._clock = clock
+
+    def now(self) -> int:
+        return self._clock()
+
+    # -- Record ---------------------------------------------------------------------------
+
+    def record(
+        self, principal: Principal, events: Sequence[NewEvent | AuditError]
+    ) -> list[RecordOutcome | AuditError]:
+        """Store every event that passes the rules, in one durable group; report each one.
+
+        Items already AuditErrors (they failed conversion) are passed through in place.
+        """
+        self.require_recorder(principal)
+        now = self._clock()
+        results: list[NewEvent | RecordOutcome | AuditError] = []
+        for event in events:
+            if isinstance(event, AuditError):
+                results.append(event)
+                continue
+            try:
+                results.append(self._admit(principal, event, now))
+            except AuditError as exc:
+                results.append(exc)
+        accepted = [(i, item) for i, item in enumerate(results) if isinstance(item, NewEvent)]
+        if accepted:
+            future = self._writer.submit([event for _, event in accepted])
+            outcomes = future.result(timeout=WRITE_TIMEOUT_S)
+            for (i, _), outcome in zip(accepted, outcomes, strict=True):
+                results[i] = outcome
+        return [r for r in results if not isinstance(r, NewEvent)]
+
+    def _admit(self, principal: Principal, event: NewEvent, now: int) -> NewEvent:
+        if principal.role is Role.RECORDER and event.origin not in principal.origins:
+            raise PermissionDenied(
+                f"{principal.id} may not record events with origin {event.origin.value}"
+            )
+        validate(event, now)
+        event = replace(event, recorded_by=principal.id)
+        if event.resource is ResourceType.SECRET:
+            event = replace(
+                event,
+                before=None if event.before is None else self._fingerprinter.redact(event.before),
+                after=None if event.after is None else self._fingerprinter.redact(event.after),
+            )
+        return event
+
+    @staticmethod
+    def require_recorder(principal: Principal) -> None:
+        if principal.role not in (Role.ADMIN, Role.RECORDER):
+            raise PermissionDenied(f"{principal.id} ({principal.role.value}) may not record")
+
+    # -- List and GetDiff -----------------------------------------------------------------
+
+    def list(self, principal: Principal, query: Query, page_token: str) -> Page:
+        query = replace(query, conditions=query.conditions + _visibility(principal))
+        digest = query_digest(query.conditions, query.sort)
+        if page_token:
+            query = replace(query, after=self._page_tokens.decode(page_token, digest))
+        events, cursor = self.storage.list_events(query)
+        token = "" if cursor is None else self._page_tokens.encode(cursor, digest)
+        return Page(events, token, query.sort, digest, self._page_tokens)
+
+    def get_diff(self, principal: Principal, event_id: str) -> Diff:
+        if not is_event_id(event_id):
+            raise InvalidArgument("id", f"{event_id[:64]!r} is not an event id (a UUIDv7)")
+        _require_reader(principal)
+        event = self.storage.get_event(event_id)
+        if event is None or not _may_see(principal, event):
+            raise NotFound(f"no event with id {event_id}")
+        return diff_of(event)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    events: list[StoredEvent]
+    next_page_token: str
+    sort: Sort
+    _digest: str
+    _tokens: PageTokens
+
+    def token_after(self, index: int) -> str:
+        "A page token that continues right after ``events[index]`` (to cut a page short)."
+        event = self.events[index]
+        return self._tokens.encode(Cursor(sort_value(event, self.sort), event.id), self._digest)
+
+
+def _require_reader(principal: Principal) -> None:
+    if principal.role is Role.RECORDER:
+        raise PermissionDenied(f"{principal.id} (recorder) may only record events")
+
+
+def _visibility(principal: Principal) -> tuple[Condition, ...]:
+    "Conditions ANDed to every query of ``principal``: a member sees only its own runs."
+    _require_reader(principal)
+    if principal.role is Role.MEMBER:
+        return (
+            Condition("resource", Kind.ENUM, Op.EQUALS, (ResourceType.RUN.value,)),
+            Condition("source_id", Kind.TEXT, Op.EQUALS, (principal.id,)),
+        )
+    return ()
+
+
+def _may_see(principal: Principal, event: StoredEvent) -> bool:
+    if principal.role is Role.MEMBER:
+        return event.resource is ResourceType.RUN and event.source.id == principal.id
+    return True

@@ -1,0 +1,58 @@
+"""``audit-service``: the command that runs the server."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from audit_service.config import ConfigError, load_settings
+from audit_service.server import StartupError, create_server, split_address
+
+log = logging.getLogger("audit_service")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except ConfigError as exc:
+        print(f"audit-service: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        service = create_server(settings)
+    except (StartupError, OSError) as exc:
+        print(f"audit-service: {exc}", file=sys.stderr)
+        return 2
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping gracefully", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    host, _ = split_address(settings.listen)
+    if settings.dev:
+        log.warning(
+            "development mode (--dev): no authentication, every caller is the admin 'dev';"
+            " serving loopback only"
+        )
+    log.info("database %s (durability %s)", settings.db_path.resolve(), settings.durability)
+    print(f"audit-service listening on {host}:{service.port}", flush=True)
+    while not stop_requested.wait(1.0):
+        pass
+    service.stop(settings.grace_seconds)
+    log.info("stopped: every acknowledged event is committed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Time-ordered event ids: UUIDv7 (RFC 9562), strictly increasing within one process.
+
+Time-ordered keys keep SQLite's inserts at the right-hand edge of each index; random UUID4
+keys roughly halve the insert rate.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import uuid
+
+_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+class IdGenerator:
+    """UUIDv7 with a 12-bit counter in ``rand_a`` so ids minted in one millisecond still sort."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = 0
+        self._counter = 0
+
+    def continue_after(self, last_id: str) -> None:
+        "Never mint an id at or below ``last_id`` (e.g. the newest stored one), whatever the clock."
+        value = uuid.UUID(last_id).int
+        with self._lock:
+            self._last_ms = max(self._last_ms, value >> 80)
+            self._counter = (value >> 64) & 0xFFF
+
+    def new(self) -> str:
+        with self._lock:
+            ms = time.time_ns() // 1_000_000
+            if ms <= self._last_ms:
+                ms = self._last_ms
+                self._counter += 1
+                if self._counter > 0xFFF:  # counter exhausted: borrow the next millisecond
+                    ms += 1
+                    self._counter = 0
+            else:
+                self._counter = 0
+            self._last_ms = ms
+            counter = self._counter
+        rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
+        return str(uuid.UUID(int=value))
+
+
+def is_event_id(text: str) -> bool:
+    "Whether ``text`` has the shape of an id this service mints."
+    return bool(_ID_PATTERN.match(text))

@@ -1,0 +1,186 @@
+"""Building and running the gRPC server: the service, health and reflection on one port."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from audit_service.audit_log import AuditLog
+from audit_service.auth import Authenticator, DevAuthenticator
+from audit_service.config import Settings
+from audit_service.errors import InvalidArgument
+from audit_service.keys import ServerKey, key_path_for
+from audit_service.page_tokens import PageTokens
+from audit_service.secrets_redaction import SecretFingerprinter
+from audit_service.servicer import AuditServicer
+from audit_service.storage.sqlite import SQLiteStorage
+from audit_service.wire import LazyRecordStreamRequest, decode
+from audit_service.writer import GroupCommitWriter
+from clients import pb
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AuditService"].full_name
+MAX_RECEIVE_BYTES = 16 * 1024 * 1024  # one RecordStream batch; single events stop at 1 MiB
+
+
+class StartupError(Exception):
+    "The service cannot start with these settings."
+
+
+@dataclass
+class RunningService:
+    """A started server and what it owns. ``stop`` is graceful and idempotent."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    writer: GroupCommitWriter
+    storage: SQLiteStorage
+    audit_log: AuditLog
+
+    def __post_init__(self) -> None:
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+
+    def stop(self, grace: float | None = 10.0) -> None:
+        """Stop taking calls, let in-flight ones finish (up to ``grace`` s), commit every
+        queued write, then close the database."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            self.health.enter_graceful_shutdown()
+            self.server.stop(grace).wait()
+            self.writer.close()
+            self.storage.close()
+            self._stopped.set()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise StartupError(f"listen address {address!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def make_authenticator(settings: Settings) -> Authenticator:
+    host, _ = split_address(settings.listen)
+    if settings.tokens:
+        raise StartupError("--tokens is not supported by this build yet; use --dev on loopback")
+    if not settings.dev:
+        raise StartupError(
+            "no authentication configured: pass --tokens FILE, or --dev for local development"
+        )
+    if not is_loopback(host):
+        raise StartupError(
+            f"refusing to listen on non-loopback address {host} without authentication:"
+            " --dev serves loopback addresses only; configure --tokens"
+        )
+    return DevAuthenticator()
+
+
+def _unary(method: Callable[[Any, grpc.ServicerContext], Any], request_cls: Any) -> Any:
+    def handler(data: bytes, context: grpc.ServicerContext) -> Any:
+        try:
+            request = decode(request_cls, data)
+        except InvalidArgument as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+        return method(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        handler, request_deserializer=None, response_serializer=_serialize
+    )
+
+
+def _record_stream(servicer: AuditServicer) -> Any:
+    def handler(requests: Iterable[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
+        def decoded() -> Iterator[Any]:
+            for data in requests:
+                yield decode(LazyRecordStreamRequest, data)  # InvalidArgument ends the stream
+
+        yield from servicer.RecordStream(decoded(), context)
+
+    return grpc.stream_stream_rpc_method_handler(
+        handler, request_deserializer=None, response_serializer=_serialize
+    )
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()  # type: ignore[no-any-return]
+
+
+def service_handler(servicer: AuditServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+    """The AuditService's handlers, decoding requests themselves (see audit_service.wire)."""
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "Record": _unary(servicer.Record, pb.RecordRequest),
+            "RecordStream": _record_stream(servicer),
+            "List": _unary(servicer.List, pb.ListRequest),
+            "GetDiff": _unary(servicer.GetDiff, pb.GetDiffRequest),
+        },
+    )
+
+
+def create_server(settings: Settings, address: str | None = None) -> RunningService:
+    """Build and start the server on ``address`` (default ``settings.listen``; port 0 picks a
+    free one, read back from ``.port``).
+
+    :raises StartupError: settings the service refuses (e.g. no auth on a public address).
+    """
+    address = address or settings.listen
+    authenticator = make_authenticator(Settings(**{**vars(settings), "listen": address}))
+    storage = SQLiteStorage(settings.db_path, durability=settings.durability)  # type: ignore[arg-type]
+    key = ServerKey.load_or_create(key_path_for(settings.db_path))
+    writer = GroupCommitWriter(storage, settings.max_group_events)
+    audit_log = AuditLog(
+        storage,
+        writer,
+        SecretFingerprinter(key.derive("secret-fingerprints")),
+        PageTokens(key.derive("page-tokens")),
+    )
+    servicer = AuditServicer(audit_log, authenticator)
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=settings.workers * 4,
+    )
+    server.add_generic_rpc_handlers((service_handler(servicer),))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        writer.close()
+        storage.close()
+        raise StartupError(f"cannot listen on {address} (in use, or not a local address)")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningService(server, port, health_servicer, writer, storage, audit_log)

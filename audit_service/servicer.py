@@ -1,0 +1,161 @@
+"""``auditlog.v1.AuditService``: converts protobuf to models, calls AuditLog, converts back."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from audit_service import convert, query
+from audit_service.audit_log import AuditLog
+from audit_service.auth import Authenticator
+from audit_service.errors import AuditError, InvalidArgument, TooLarge
+from audit_service.models import NewEvent, RecordOutcome
+from audit_service.principals import Principal
+from audit_service.status import result_error, status_code
+from audit_service.validation import MAX_EVENT_BYTES
+from audit_service.wire import decode
+from clients import pb, pb_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_EVENTS = 5000
+# gRPC clients refuse responses over 4 MiB unless told otherwise; stay well under it.
+MAX_LIST_RESPONSE_BYTES = 3 * 1024 * 1024
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _reports_errors(method: F) -> F:
+    "Map domain errors to status codes; anything else is our bug: log it, answer INTERNAL."
+
+    @functools.wraps(method)
+    def wrapper(self: AuditServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except AuditError as exc:
+            context.abort(status_code(exc), exc.message)
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has details")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _too_large(size: int) -> TooLarge:
+    return TooLarge(
+        f"event is {size} bytes serialized; the limit is {MAX_EVENT_BYTES} bytes (1 MiB)"
+    )
+
+
+class AuditServicer(pb_grpc.AuditServiceServicer):
+    def __init__(self, audit_log: AuditLog, authenticator: Authenticator) -> None:
+        self._log = audit_log
+        self._auth = authenticator
+
+    def _principal(self, context: grpc.ServicerContext) -> Principal:
+        return self._auth.authenticate(context.invocation_metadata(), context.peer())
+
+    def _event(self, event: pb.AuditEvent | bytes, now: int) -> NewEvent | AuditError:
+        "One event of a request, decoded (when raw) and converted; errors are returned."
+        try:
+            if isinstance(event, bytes):
+                if len(event) > MAX_EVENT_BYTES:
+                    raise _too_large(len(event))
+                event = decode(pb.AuditEvent, event)
+            elif (size := event.ByteSize()) > MAX_EVENT_BYTES:
+                raise _too_large(size)
+            return convert.event_from_pb(event, now)
+        except AuditError as exc:
+            return exc
+
+    @_reports_errors
+    def Record(self, request: pb.RecordRequest, context: grpc.ServicerContext) -> pb.RecordResponse:
+        principal = self._principal(context)
+        if not request.HasField("event"):
+            raise InvalidArgument("event", "required")
+        (result,) = self._log.record(principal, [self._event(request.event, self._log.now())])
+        if isinstance(result, AuditError):
+            raise result
+        response = pb.RecordResponse(id=result.id, duplicate=result.duplicate)
+        convert.ns_to_timestamp(result.recorded_at, response.recorded_at)
+        return response
+
+    def RecordStream(
+        self, request_iterator: Iterable[Any], context: grpc.ServicerContext
+    ) -> Iterator[pb.RecordStreamResponse]:
+        try:
+            principal = self._principal(context)
+            self._log.require_recorder(principal)
+            for request in request_iterator:
+                yield self._record_batch(principal, request)
+        except AuditError as exc:
+            context.abort(status_code(exc), exc.message)
+        except grpc.RpcError:
+            raise
+        except Exception:
+            log.exception("RecordStream failed")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has details")
+
+    def _record_batch(self, principal: Principal, request: Any) -> pb.RecordStreamResponse:
+        if len(request.events) > MAX_BATCH_EVENTS:
+            raise InvalidArgument(
+                "events",
+                f"batch {request.batch} has {len(request.events)} events;"
+                f" at most {MAX_BATCH_EVENTS} per batch",
+            )
+        now = self._log.now()
+        results = self._log.record(principal, [self._event(e, now) for e in request.events])
+        response = pb.RecordStreamResponse(batch=request.batch)
+        for result in results:
+            if isinstance(result, RecordOutcome):
+                response.results.add(id=result.id, duplicate=result.duplicate)
+            else:
+                response.results.add(error=result_error(result))
+        return response
+
+    @_reports_errors
+    def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> pb.ListResponse:
+        principal = self._principal(context)
+        query.check_filter_count(len(request.filters))
+        conditions = tuple(
+            query.parse_condition(
+                f.field,
+                pb.FilterOp.Name(f.op).removeprefix("FILTER_OP_") if f.op in _FILTER_OPS else "?",
+                list(f.values),
+                f"filters[{i}]",
+            )
+            for i, f in enumerate(request.filters)
+        )
+        q = query.Query(
+            conditions=conditions,
+            sort=query.parse_sort(request.order_by),
+            page_size=query.coerce_page_size(request.page_size),
+            include_snapshots=request.include_snapshots,
+        )
+        page = self._log.list(principal, q, request.page_token)
+        response = pb.ListResponse(next_page_token=page.next_page_token)
+        size = 0
+        for i, event in enumerate(page.events):
+            item = pb.AuditEvent()
+            convert.event_to_pb(event, item)
+            size += item.ByteSize() + 8
+            if size > MAX_LIST_RESPONSE_BYTES and i > 0:
+                # Cut the page short rather than send more than clients accept by default.
+                response.next_page_token = page.token_after(i - 1)
+                break
+            response.events.append(item)
+        return response
+
+    @_reports_errors
+    def GetDiff(
+        self, request: pb.GetDiffRequest, context: grpc.ServicerContext
+    ) -> pb.GetDiffResponse:
+        principal = self._principal(context)
+        return convert.diff_to_pb(self._log.get_diff(principal, request.id))
+
+
+_FILTER_OPS = frozenset(pb.FilterOp.values())

@@ -1,0 +1,41 @@
+"""The storage interface every backend implements.
+
+The service writes only through ``insert_batch``, from the one writer thread (see
+``audit_service.writer``); reads may come from any thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from audit_service.models import NewEvent, RecordOutcome, StoredEvent
+from audit_service.query import Cursor, Query
+
+
+class Storage(Protocol):
+    def insert_batch(self, events: Sequence[NewEvent]) -> list[RecordOutcome]:
+        """Store ``events`` in one transaction and return once it is durable.
+
+        Returns one outcome per event, in order. An event whose (recorded_by,
+        idempotency_key) was stored before, or earlier in the same batch, is not stored
+        again: its outcome carries the first event's id and ``duplicate=True``.
+
+        :raises StorageError: the transaction did not commit; nothing of it was stored.
+        """
+        ...
+
+    def list_events(self, query: Query) -> tuple[list[StoredEvent], Cursor | None]:
+        """One page of events matching ``query`` and the cursor of the next page (None at
+        the end). Snapshots are loaded only when ``query.include_snapshots``."""
+        ...
+
+    def get_event(self, event_id: str) -> StoredEvent | None:
+        "The event with its snapshots, or None."
+        ...
+
+    def close(self) -> None: ...
+
+
+class StorageError(Exception):
+    "The database could not complete a write; nothing of that transaction was stored."

@@ -1,0 +1,336 @@
+"""The SQLite backend: one WAL-mode file, one write connection, a read connection per thread."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlite_utils
+
+from audit_service import models
+from audit_service.ids import IdGenerator
+from audit_service.models import NewEvent, RecordOutcome, StoredEvent
+from audit_service.query import Condition, Cursor, Kind, Op, Query, Sort
+from audit_service.storage.base import StorageError
+from audit_service.storage.sqlite_schema import migrate
+
+Durability = Literal["FULL", "NORMAL"]
+
+_EVENT_COLUMNS = (
+    "e.seq, e.id, e.occurred_at, e.recorded_at, e.resource, e.identifier, e.blueprint,"
+    " e.integration, e.run_id, e.operation, e.source_kind, e.source_id, e.source_name,"
+    " e.origin, e.status, e.error, e.recorded_by, e.idempotency_key, e.context,"
+    " e.diff_available"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (seq, id, occurred_at, recorded_at, resource, identifier, blueprint,"
+    " integration, run_id, operation, source_kind, source_id, source_name, source, origin,"
+    " status, error, recorded_by, idempotency_key, context, diff_available)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SQL_OPS = {Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}
+_FTS_MIN_CHARS = 3  # the trigram tokenizer cannot match shorter needles
+_IN_CHUNK = 500
+
+
+def _casefold_contains(haystack: str | None, needle: str | None) -> bool:
+    return haystack is not None and needle is not None and needle.casefold() in haystack.casefold()
+
+
+def connect(path: Path, durability: Durability) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL fsyncs the WAL on every commit: an acknowledged event survives power loss.
+    # NORMAL fsyncs only at checkpoints: faster, and a power cut (not a crash of the
+    # process) can lose the last transactions before the checkpoint.
+    conn.execute(f"PRAGMA synchronous={durability}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB
+    conn.create_function("casefold_contains", 2, _casefold_contains, deterministic=True)
+    return conn
+
+
+class SQLiteStorage:
+    """Events in one SQLite file. ``insert_batch`` must be called from one thread at a time."""
+
+    def __init__(self, path: Path | str, durability: Durability = "FULL") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._durability = durability
+        self._writer = connect(self.path, durability)
+        migrate(sqlite_utils.Database(self._writer))
+        self._ids = IdGenerator()
+        newest = self._writer.execute("SELECT max(id) FROM events").fetchone()[0]
+        if newest is not None:
+            self._ids.continue_after(newest)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def insert_batch(self, events: Sequence[NewEvent]) -> list[RecordOutcome]:
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                outcomes = self._insert(conn, events)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not store events: {exc}") from exc
+        return outcomes
+
+    def _insert(self, conn: sqlite3.Connection, events: Sequence[NewEvent]) -> list[RecordOutcome]:
+        recorded_at = time.time_ns()
+        seen = self._existing_keys(conn, events)
+        seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        outcomes: list[RecordOutcome] = []
+        event_rows: list[tuple[Any, ...]] = []
+        context_rows: list[tuple[str, str, int]] = []
+        snapshot_rows: list[tuple[int, str | None, str | None]] = []
+        fts_rows: list[tuple[int, str]] = []
+        for event in events:
+            key = (event.recorded_by, event.idempotency_key)
+            if event.idempotency_key and key in seen:
+                outcomes.append(seen[key])
+                continue
+            seq += 1
+            event_id = self._ids.new()
+            outcome = RecordOutcome(event_id, recorded_at, duplicate=False)
+            outcomes.append(outcome)
+            if event.idempotency_key:
+                seen[key] = RecordOutcome(event_id, recorded_at, duplicate=True)
+            event_rows.append(_event_row(seq, event_id, recorded_at, event))
+            context_rows.extend((k, v, seq) for k, v in event.context.items())
+            if event.before is not None or event.after is not None:
+                snapshot_rows.append((seq, _dumps(event.before), _dumps(event.after)))
+            if event.error:
+                fts_rows.append((seq, event.error))
+        conn.executemany(_INSERT_EVENT, event_rows)
+        if context_rows:
+            conn.executemany(
+                "INSERT INTO event_context (key, value, seq) VALUES (?, ?, ?)", context_rows
+            )
+        if snapshot_rows:
+            conn.executemany(
+                "INSERT INTO snapshots (seq, before, after) VALUES (?, ?, ?)", snapshot_rows
+            )
+        if fts_rows:
+            conn.executemany("INSERT INTO error_fts (rowid, error) VALUES (?, ?)", fts_rows)
+        return outcomes
+
+    def _existing_keys(
+        self, conn: sqlite3.Connection, events: Sequence[NewEvent]
+    ) -> dict[tuple[str, str], RecordOutcome]:
+        wanted: dict[str, set[str]] = {}
+        for event in events:
+            if event.idempotency_key:
+                wanted.setdefault(event.recorded_by, set()).add(event.idempotency_key)
+        found: dict[tuple[str, str], RecordOutcome] = {}
+        for principal, keys in wanted.items():
+            for chunk in _chunks(sorted(keys), _IN_CHUNK):
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    "SELECT idempotency_key, id, recorded_at FROM events"
+                    f" WHERE recorded_by = ? AND idempotency_key IN ({marks})",
+                    [principal, *chunk],
+                )
+                for key, event_id, recorded_at in rows:
+                    found[(principal, key)] = RecordOutcome(event_id, recorded_at, True)
+        return found
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, self._durability)
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def get_event(self, event_id: str) -> StoredEvent | None:
+        row = (
+            self._reader()
+            .execute(
+                f"SELECT {_EVENT_COLUMNS}, s.before, s.after FROM events e"
+                " LEFT JOIN snapshots s ON s.seq = e.seq WHERE e.id = ?",
+                [event_id],
+            )
+            .fetchone()
+        )
+        return None if row is None else _stored_event(row, with_snapshots=True)
+
+    def list_events(self, query: Query) -> tuple[list[StoredEvent], Cursor | None]:
+        conn = self._reader()
+        where: list[str] = []
+        params: list[Any] = []
+        for condition in query.conditions:
+            sql, args = _condition_sql(condition)
+            where.append(sql)
+            params.extend(args)
+        column = _sort_column(query.sort)
+        direction = "DESC" if query.sort.descending else "ASC"
+        if query.after is not None:
+            sql, args = self._after_sql(conn, column, query.sort, query.after)
+            where.append(sql)
+            params.extend(args)
+        select = _EVENT_COLUMNS + f", e.{column}"
+        joins = ""
+        if query.include_snapshots:
+            select += ", s.before, s.after"
+            joins = " LEFT JOIN snapshots s ON s.seq = e.seq"
+        sql = (
+            f"SELECT {select} FROM events e{joins}"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY e.{column} {direction}, e.seq {direction} LIMIT ?"
+        )
+        params.append(query.page_size + 1)
+        rows = conn.execute(sql, params).fetchall()
+        more = len(rows) > query.page_size
+        rows = rows[: query.page_size]
+        events = [_stored_event(r, with_snapshots=query.include_snapshots) for r in rows]
+        if not more:
+            return events, None
+        last = rows[-1]
+        return events, Cursor(last[20], last[1])
+
+    def _after_sql(
+        self, conn: sqlite3.Connection, column: str, sort: Sort, cursor: Cursor
+    ) -> tuple[str, list[Any]]:
+        """Rows after the cursor in (sort value, id) order.
+
+        The cursor names an id; its seq is looked up (seq and id share one order). Should
+        retention have deleted that event meanwhile, the nearest seq on the right side stands
+        in, so the page sequence still neither skips nor repeats.
+        """
+        if sort.descending:
+            row = conn.execute("SELECT min(seq) FROM events WHERE id >= ?", [cursor.id])
+            seq = row.fetchone()[0]
+            bound = (1 << 63) - 1 if seq is None else seq
+            return f"(e.{column}, e.seq) < (?, ?)", [cursor.value, bound]
+        row = conn.execute("SELECT max(seq) FROM events WHERE id <= ?", [cursor.id])
+        seq = row.fetchone()[0]
+        return f"(e.{column}, e.seq) > (?, ?)", [cursor.value, 0 if seq is None else seq]
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._writer.close()
+
+
+def _sort_column(sort: Sort) -> str:
+    return sort.field  # every sortable field is a column of its own name
+
+
+def _condition_sql(c: Condition) -> tuple[str, list[Any]]:
+    if c.context_key is not None:
+        inner, args = _value_sql("value", c.op, c.values, Kind.TEXT)
+        subquery = f"SELECT seq FROM event_context WHERE key = ? AND {inner}"
+        if c.op is Op.NOT_EQUALS:
+            inner, args = _value_sql("value", Op.EQUALS, c.values, Kind.TEXT)
+            return (
+                f"e.seq NOT IN (SELECT seq FROM event_context WHERE key = ? AND {inner})",
+                [c.context_key, *args],
+            )
+        return f"e.seq IN ({subquery})", [c.context_key, *args]
+    if c.field == "source":
+        id_sql, id_args = _value_sql("e.source_id", c.op, c.values, c.kind)
+        name_sql, name_args = _value_sql("e.source_name", c.op, c.values, c.kind)
+        joiner = "AND" if c.op is Op.NOT_EQUALS else "OR"
+        return f"({id_sql} {joiner} {name_sql})", [*id_args, *name_args]
+    if c.field == "error" and c.op is Op.CONTAINS:
+        texts = [str(v) for v in c.values]
+        if all(len(t) >= _FTS_MIN_CHARS for t in texts):
+            match = " OR ".join('"' + t.replace('"', '""') + '"' for t in texts)
+            return "e.seq IN (SELECT rowid FROM error_fts WHERE error_fts MATCH ?)", [match]
+    return _value_sql(f"e.{c.field}", c.op, c.values, c.kind)
+
+
+def _value_sql(
+    column: str, op: Op, values: tuple[str | int, ...], kind: Kind
+) -> tuple[str, list[Any]]:
+    marks = ",".join("?" * len(values))
+    if op is Op.EQUALS:
+        return f"{column} IN ({marks})", list(values)
+    if op is Op.NOT_EQUALS:
+        return f"{column} NOT IN ({marks})", list(values)
+    if op is Op.CONTAINS:
+        parts = [f"casefold_contains({column}, ?)" for _ in values]
+        return "(" + " OR ".join(parts) + ")", list(values)
+    if op is Op.STARTS_WITH:
+        # A range over UTF-8 bytes, so the column's index serves it: every text that starts
+        # with the prefix sorts between the prefix and the prefix followed by 0xFF, a byte
+        # that never occurs in UTF-8.
+        parts, args = [], []
+        for value in values:
+            parts.append(f"({column} >= ? AND {column} < CAST(? AS TEXT))")
+            args.extend([value, str(value).encode() + b"\xff"])
+        return "(" + " OR ".join(parts) + ")", args
+    sql_op = _SQL_OPS[op]
+    parts = [f"{column} {sql_op} ?" for _ in values]
+    return "(" + " OR ".join(parts) + ")", list(values)
+
+
+def _event_row(seq: int, event_id: str, recorded_at: int, e: NewEvent) -> tuple[Any, ...]:
+    return (
+        seq, event_id, e.occurred_at, recorded_at, e.resource.value, e.identifier,
+        e.blueprint, e.integration, e.run_id, e.operation.value, e.source.kind.value,
+        e.source.id, e.source.name, e.source.label, e.origin.value, e.status.value, e.error,
+        e.recorded_by, e.idempotency_key or None, _dumps(e.context), int(e.diff_available),
+    )  # fmt: skip
+
+
+def _stored_event(row: Sequence[Any], *, with_snapshots: bool) -> StoredEvent:
+    before = after = None
+    if with_snapshots:
+        before, after = _loads(row[-2]), _loads(row[-1])
+    return StoredEvent(
+        id=row[1],
+        occurred_at=row[2],
+        recorded_at=row[3],
+        resource=models.ResourceType(row[4]),
+        identifier=row[5],
+        blueprint=row[6],
+        integration=row[7],
+        run_id=row[8],
+        operation=models.Operation(row[9]),
+        source=models.Source(models.SourceKind(row[10]), row[11], row[12]),
+        origin=models.Origin(row[13]),
+        status=models.Status(row[14]),
+        error=row[15],
+        recorded_by=row[16],
+        idempotency_key=row[17] or "",
+        context=json.loads(row[18]),
+        diff_available=bool(row[19]),
+        before=before,
+        after=after,
+    )
+
+
+def _dumps(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,1 @@
+"""auditlog collectors: sidecar processes that stream source changes into audit-service."""
