@@ -1,0 +1,127 @@
+"""Shared test helpers: a real server on port 0, a server in a child process, sample events."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from audit_service import RunningService, Settings, create_server
+from clients import pb, pb_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+_LISTENING = re.compile(r"audit-service listening on (\S+):(\d+)")
+
+
+@dataclass
+class TestServer:
+    """A real audit-service, started in this process on a free port, with a stub to it."""
+
+    service: RunningService
+    db_path: Path
+    channel: grpc.Channel = field(init=False)
+    stub: pb_grpc.AuditServiceStub = field(init=False)
+
+    __test__ = False  # not a test class, whatever its name says
+
+    def __post_init__(self) -> None:
+        self.channel = grpc.insecure_channel(self.endpoint)
+        self.stub = pb_grpc.AuditServiceStub(self.channel)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.service.port}"
+
+    def close(self) -> None:
+        self.channel.close()
+        self.service.stop(grace=2)
+
+
+def start_server(db_path: Path, **settings: Any) -> TestServer:
+    values: dict[str, Any] = {"dev": True, "db": str(db_path), "listen": "127.0.0.1:0"}
+    values.update(settings)
+    return TestServer(create_server(Settings(**values)), db_path)
+
+
+@dataclass
+class ServerProcess:
+    """``audit-service`` in a child process (for signals, crashes and the CLI)."""
+
+    process: subprocess.Popen[str]
+    endpoint: str
+    output: list[str]
+
+    def stub(self) -> tuple[grpc.Channel, pb_grpc.AuditServiceStub]:
+        channel = grpc.insecure_channel(self.endpoint)
+        return channel, pb_grpc.AuditServiceStub(channel)
+
+
+def spawn_server(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 20
+) -> ServerProcess:
+    "Start ``audit-service ARGS`` and wait for its listening line."
+    process = subprocess.Popen(
+        [sys.executable, "-m", "audit_service", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+    assert process.stdout is not None
+    output: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        match = _LISTENING.search(line)
+        if match:
+            return ServerProcess(process, f"{match.group(1)}:{match.group(2)}", output)
+    process.kill()
+    raise AssertionError("audit-service did not start:\n" + "".join(output))
+
+
+def event(**overrides: Any) -> pb.AuditEvent:
+    """A valid ENTITY UPDATE event; keyword arguments override fields (dicts for messages)."""
+    values: dict[str, Any] = {
+        "resource": pb.RESOURCE_TYPE_ENTITY,
+        "identifier": "payments-api",
+        "blueprint": "service",
+        "operation": pb.OPERATION_UPDATE,
+        "origin": pb.ORIGIN_UI,
+        "source": pb.Source(kind=pb.SOURCE_KIND_USER, id="u-1", name="alice@example.com"),
+    }
+    before = overrides.pop("before", None)
+    after = overrides.pop("after", None)
+    values.update(overrides)
+    message = pb.AuditEvent(**values)
+    if before is not None:
+        message.before.update(before)
+    if after is not None:
+        message.after.update(after)
+    return message
+
+
+def record(stub: pb_grpc.AuditServiceStub, **overrides: Any) -> pb.RecordResponse:
+    response: pb.RecordResponse = stub.Record(pb.RecordRequest(event=event(**overrides)))
+    return response
+
+
+def list_all(stub: pb_grpc.AuditServiceStub, request: pb.ListRequest) -> Iterator[pb.AuditEvent]:
+    "Every event of a List, following page tokens."
+    while True:
+        response = stub.List(request)
+        yield from response.events
+        if not response.next_page_token:
+            return
+        request.page_token = response.next_page_token
