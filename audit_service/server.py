@@ -175,7 +175,10 @@ def create_server(settings: Settings, address: str | None = None) -> RunningServ
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio >= 1.49 raises where older versions returned 0
+        port = 0
     if port == 0:
         writer.close()
         storage.close()
