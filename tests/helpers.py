@@ -63,6 +63,27 @@ class ServerProcess:
         channel = grpc.insecure_channel(self.endpoint)
         return channel, pb_grpc.AuditServiceStub(channel)
 
+    def finish(self, timeout: float = 30) -> tuple[int, str]:
+        """Wait for the process to exit (signal it first, if wanted); close its pipe.
+
+        Returns the exit code and everything it printed."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            assert self.process.stdout is not None
+            self.output.append(self.process.stdout.read())
+            self.process.stdout.close()
+        return code, "".join(self.output)
+
+    def stop(self, timeout: float = 30) -> tuple[int, str]:
+        "SIGTERM, then ``finish``."
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.finish(timeout)
+
 
 def spawn_server(
     *args: str, env: dict[str, str] | None = None, timeout: float = 20
@@ -106,8 +127,10 @@ def event(**overrides: Any) -> pb.AuditEvent:
     values.update(overrides)
     message = pb.AuditEvent(**values)
     if before is not None:
+        message.before.SetInParent()  # an empty snapshot is still a snapshot
         message.before.update(before)
     if after is not None:
+        message.after.SetInParent()
         message.after.update(after)
     return message
 
