@@ -17,6 +17,7 @@ from audit_service.models import Diff, NewEvent, RecordOutcome, ResourceType, St
 from audit_service.page_tokens import PageTokens, query_digest
 from audit_service.principals import Principal, Role
 from audit_service.query import Condition, Cursor, Kind, Op, Query, Sort, sort_value
+from audit_service.retention import RetentionPolicy
 from audit_service.secrets_redaction import SecretFingerprinter
 from audit_service.storage.base import Storage
 from audit_service.validation import validate
@@ -34,12 +35,14 @@ class AuditLog:
         writer: GroupCommitWriter,
         fingerprinter: SecretFingerprinter,
         page_tokens: PageTokens,
+        retention: RetentionPolicy | None = None,
         clock: Clock = time.time_ns,
     ) -> None:
         self.storage = storage
         self._writer = writer
         self._fingerprinter = fingerprinter
         self._page_tokens = page_tokens
+        self._retention = retention or RetentionPolicy()
         self._clock = clock
 
     def now(self) -> int:
@@ -78,7 +81,7 @@ class AuditLog:
             raise PermissionDenied(
                 f"{principal.id} may not record events with origin {event.origin.value}"
             )
-        validate(event, now)
+        validate(event, now, oldest_allowed_ns=self._retention.cutoff(event.resource, now))
         event = replace(event, recorded_by=principal.id)
         if event.resource is ResourceType.SECRET:
             event = replace(

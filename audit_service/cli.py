@@ -37,10 +37,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("received %s: stopping gracefully", signal.Signals(signum).name)
         stop_requested.set()
 
+    def reload_tokens(_signum: int, _frame: FrameType | None) -> None:
+        log.info("received SIGHUP: reloading the tokens file")
+        # Off the signal handler: reloading logs and takes a lock.
+        threading.Thread(target=service.reload_tokens, name="sighup", daemon=True).start()
+
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, reload_tokens)
     host, _ = split_address(settings.listen)
-    if settings.dev:
+    if settings.tokens:
+        log.info("authentication: bearer tokens from %s", settings.tokens)
+    elif settings.dev:
         log.warning(
             "development mode (--dev): no authentication, every caller is the admin 'dev';"
             " serving loopback only"

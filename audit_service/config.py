@@ -40,6 +40,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tokens", "", "tokens file (TOML) with the principals allowed to call the service"),
     Setting("config", "", "TOML file with any of these settings (keys as the flag names)"),
     Setting("dev", False, "development mode: every caller is the admin 'dev'; loopback only", bool),
+    Setting("tls_cert", "", "PEM certificate chain to serve TLS with (needs --tls-key)"),
+    Setting("tls_key", "", "PEM private key of --tls-cert"),
+    Setting("tls_client_ca", "", "PEM CA bundle: require client certificates it signed (mTLS)"),
+    Setting("retention_days", 90, "days events are kept, unless overridden for their type", int),
+    Setting(
+        "retention_overrides",
+        "SIGN_IN=30",
+        "per-type retention days, TYPE=DAYS[,TYPE=DAYS...] (in the config file also a table)",
+    ),
+    Setting("retention_interval_minutes", 60.0, "minutes between retention sweeps", float),
+    Setting(
+        "sign_in_failures_per_minute",
+        10,
+        "failed sign-ins recorded per peer and minute (more are counted, not recorded)",
+        int,
+    ),
     Setting(
         "durability",
         "FULL",
@@ -62,6 +78,13 @@ class Settings:
     tokens: str = ""
     config: str = ""
     dev: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    retention_days: int = 90
+    retention_overrides: str = "SIGN_IN=30"
+    retention_interval_minutes: float = 60.0
+    sign_in_failures_per_minute: int = 10
     durability: str = "FULL"
     workers: int = 64
     max_group_events: int = 5000
@@ -126,6 +149,8 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _coerce(s: Setting, value: Any) -> Any:
+    if isinstance(value, Mapping):  # a TOML table, e.g. [retention_overrides]
+        value = ",".join(f"{k}={v}" for k, v in value.items())
     try:
         if s.type is bool:
             if isinstance(value, str):

@@ -7,7 +7,8 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,14 +16,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from audit_service.audit_log import AuditLog
-from audit_service.auth import Authenticator, DevAuthenticator
+from audit_service.auth import (
+    Authenticator,
+    DevAuthenticator,
+    SignInObserver,
+    TokenAuthenticator,
+)
 from audit_service.config import Settings
 from audit_service.errors import InvalidArgument
 from audit_service.keys import ServerKey, key_path_for
 from audit_service.page_tokens import PageTokens
+from audit_service.retention import RetentionConfigError, RetentionPolicy, RetentionScheduler
 from audit_service.secrets_redaction import SecretFingerprinter
 from audit_service.servicer import AuditServicer
+from audit_service.sign_ins import SignInAuditor
 from audit_service.storage.sqlite import SQLiteStorage
+from audit_service.tokens_file import TokensFileError
 from audit_service.wire import LazyRecordStreamRequest, decode
 from audit_service.writer import GroupCommitWriter
 from clients import pb
@@ -47,6 +56,8 @@ class RunningService:
     writer: GroupCommitWriter
     storage: SQLiteStorage
     audit_log: AuditLog
+    authenticator: Authenticator
+    retention: RetentionScheduler
 
     def __post_init__(self) -> None:
         self._stopped = threading.Event()
@@ -59,6 +70,7 @@ class RunningService:
             if self._stopped.is_set():
                 return
             self.health.enter_graceful_shutdown()
+            self.retention.shutdown()
             self.server.stop(grace).wait()
             self.writer.close()
             self.storage.close()
@@ -66,6 +78,12 @@ class RunningService:
 
     def wait(self) -> None:
         self._stopped.wait()
+
+    def reload_tokens(self) -> bool:
+        "Re-read the tokens file now (SIGHUP). False in --dev mode or when the file is broken."
+        if isinstance(self.authenticator, TokenAuthenticator):
+            return self.authenticator.reload()
+        return False
 
 
 def is_loopback(host: str) -> bool:
@@ -84,10 +102,17 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def make_authenticator(settings: Settings) -> Authenticator:
+def make_authenticator(settings: Settings, observer: SignInObserver) -> Authenticator:
+    """The authenticator the settings call for.
+
+    :raises StartupError: no authentication on a non-loopback address, or a bad tokens file.
+    """
     host, _ = split_address(settings.listen)
     if settings.tokens:
-        raise StartupError("--tokens is not supported by this build yet; use --dev on loopback")
+        try:
+            return TokenAuthenticator(Path(settings.tokens), observer)
+        except TokensFileError as exc:
+            raise StartupError(str(exc)) from None
     if not settings.dev:
         raise StartupError(
             "no authentication configured: pass --tokens FILE, or --dev for local development"
@@ -98,6 +123,23 @@ def make_authenticator(settings: Settings) -> Authenticator:
             " --dev serves loopback addresses only; configure --tokens"
         )
     return DevAuthenticator()
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    "TLS (and mTLS with --tls-client-ca) credentials, or None for plaintext."
+    if not (settings.tls_cert or settings.tls_key or settings.tls_client_ca):
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise StartupError("TLS needs both --tls-cert and --tls-key")
+    try:
+        cert = Path(settings.tls_cert).read_bytes()
+        key = Path(settings.tls_key).read_bytes()
+        client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    except OSError as exc:
+        raise StartupError(f"cannot read TLS file {exc.filename}: {exc.strerror}") from None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def _unary(method: Callable[[Any, grpc.ServicerContext], Any], request_cls: Any) -> Any:
@@ -150,15 +192,32 @@ def create_server(settings: Settings, address: str | None = None) -> RunningServ
     :raises StartupError: settings the service refuses (e.g. no auth on a public address).
     """
     address = address or settings.listen
-    authenticator = make_authenticator(Settings(**{**vars(settings), "listen": address}))
+    settings = replace(settings, listen=address)
+    try:
+        policy = RetentionPolicy.from_settings(
+            settings.retention_days, settings.retention_overrides
+        )
+    except RetentionConfigError as exc:
+        raise StartupError(str(exc)) from None
+    credentials = server_credentials(settings)
     storage = SQLiteStorage(settings.db_path, durability=settings.durability)  # type: ignore[arg-type]
     key = ServerKey.load_or_create(key_path_for(settings.db_path))
     writer = GroupCommitWriter(storage, settings.max_group_events)
+    try:
+        authenticator = make_authenticator(
+            settings,
+            SignInAuditor(writer, failures_per_minute=settings.sign_in_failures_per_minute),
+        )
+    except StartupError:
+        writer.close()
+        storage.close()
+        raise
     audit_log = AuditLog(
         storage,
         writer,
         SecretFingerprinter(key.derive("secret-fingerprints")),
         PageTokens(key.derive("page-tokens")),
+        retention=policy,
     )
     servicer = AuditServicer(audit_log, authenticator)
     server = grpc.server(
@@ -176,14 +235,21 @@ def create_server(settings: Settings, address: str | None = None) -> RunningServ
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError:  # grpcio >= 1.49 raises where older versions returned 0
         port = 0
     if port == 0:
         writer.close()
         storage.close()
         raise StartupError(f"cannot listen on {address} (in use, or not a local address)")
+    retention = RetentionScheduler(writer, policy, settings.retention_interval_minutes)
     server.start()
+    retention.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningService(server, port, health_servicer, writer, storage, audit_log)
+    return RunningService(
+        server, port, health_servicer, writer, storage, audit_log, authenticator, retention
+    )

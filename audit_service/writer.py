@@ -2,7 +2,8 @@
 
 Callers (Record calls, RecordStream batches) enqueue their events and wait. The writer thread
 takes everything queued, stores it in one transaction, commits durably, then completes every
-waiter's future: many small writes share one fsync.
+waiter's future: many small writes share one fsync. Other writes (retention deletes) are jobs
+run on the same thread between groups, so they never contend for the write lock.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from audit_service.errors import Unavailable
 from audit_service.models import NewEvent, RecordOutcome
@@ -21,12 +23,19 @@ from audit_service.storage.base import Storage, StorageError
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_GROUP_EVENTS = 5000
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
 class _Write:
     events: Sequence[NewEvent]
     future: Future[list[RecordOutcome]] = field(default_factory=Future)
+
+
+@dataclass(slots=True)
+class _Job:
+    fn: Callable[[Storage], Any]
+    future: Future[Any] = field(default_factory=Future)
 
 
 _STOP = object()
@@ -36,7 +45,7 @@ class GroupCommitWriter:
     def __init__(self, storage: Storage, max_group_events: int = DEFAULT_MAX_GROUP_EVENTS) -> None:
         self._storage = storage
         self._max_group_events = max_group_events
-        self._queue: queue.SimpleQueue[_Write | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Write | _Job | object] = queue.SimpleQueue()
         self._closing = False
         self._lock = threading.Lock()
         self.groups_committed = 0
@@ -49,11 +58,23 @@ class GroupCommitWriter:
         :raises Unavailable: the writer is shutting down.
         """
         write = _Write(events)
+        self._put(write)
+        return write.future
+
+    def run(self, fn: Callable[[Storage], T]) -> Future[T]:
+        """Run ``fn(storage)`` on the writer thread, between groups.
+
+        :raises Unavailable: the writer is shutting down.
+        """
+        job = _Job(fn)
+        self._put(job)
+        return job.future
+
+    def _put(self, item: _Write | _Job) -> None:
         with self._lock:
             if self._closing:
-                raise Unavailable("audit-service is shutting down; retry against another")
-            self._queue.put(write)
-        return write.future
+                raise Unavailable("audit-service is shutting down; retry later")
+            self._queue.put(item)
 
     def close(self) -> None:
         "Stop taking writes, commit everything already queued, then stop the thread."
@@ -65,26 +86,31 @@ class GroupCommitWriter:
         self._thread.join()
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            group: list[_Write] = []
-            count = 0
-            item = self._queue.get()
-            while True:
-                if item is _STOP:
-                    stopping = True
-                    break
-                assert isinstance(item, _Write)
+        group: list[_Write] = []
+        count = 0
+        while True:
+            try:  # block only when there is nothing to commit
+                item = self._queue.get_nowait() if group else self._queue.get()
+            except queue.Empty:
+                item = None
+            if isinstance(item, _Write):
                 group.append(item)
                 count += len(item.events)
-                if count >= self._max_group_events:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+                if count < self._max_group_events:
+                    continue
             if group:
                 self._commit(group)
+                group, count = [], 0
+            if isinstance(item, _Job):
+                self._run_job(item)
+            elif item is _STOP:
+                return
+
+    def _run_job(self, job: _Job) -> None:
+        try:
+            job.future.set_result(job.fn(self._storage))
+        except BaseException as exc:
+            job.future.set_exception(exc)
 
     def _commit(self, group: list[_Write]) -> None:
         events = [e for w in group for e in w.events]

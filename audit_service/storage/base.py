@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from audit_service.models import NewEvent, RecordOutcome, StoredEvent
+from audit_service.models import NewEvent, RecordOutcome, ResourceType, StoredEvent
 from audit_service.query import Cursor, Query
 
 
@@ -32,6 +32,15 @@ class Storage(Protocol):
 
     def get_event(self, event_id: str) -> StoredEvent | None:
         "The event with its snapshots, or None."
+        ...
+
+    def delete_expired(self, resource: ResourceType, cutoff_ns: int, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest ``resource`` events with occurred_at before
+        ``cutoff_ns`` (with everything stored beside them), in one transaction; return how
+        many. Called on the writer thread.
+
+        :raises StorageError: nothing was deleted.
+        """
         ...
 
     def close(self) -> None: ...

@@ -148,6 +148,36 @@ class SQLiteStorage:
                     found[(principal, key)] = RecordOutcome(event_id, recorded_at, True)
         return found
 
+    def delete_expired(self, resource: models.ResourceType, cutoff_ns: int, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest ``resource`` events that occurred before
+        ``cutoff_ns``, in one transaction. Returns how many were deleted."""
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = conn.execute(
+                    "SELECT seq, error FROM events WHERE resource = ? AND occurred_at < ?"
+                    " ORDER BY occurred_at LIMIT ?",
+                    [resource.value, cutoff_ns, limit],
+                ).fetchall()
+                if rows:
+                    seqs = [seq for seq, _ in rows]
+                    marks = ",".join("?" * len(seqs))
+                    conn.execute(f"DELETE FROM event_context WHERE seq IN ({marks})", seqs)
+                    conn.execute(f"DELETE FROM snapshots WHERE seq IN ({marks})", seqs)
+                    conn.executemany(
+                        "INSERT INTO error_fts (error_fts, rowid, error) VALUES ('delete', ?, ?)",
+                        [(seq, error) for seq, error in rows if error],
+                    )
+                    conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not delete expired events: {exc}") from exc
+        return len(rows)
+
     # -- reads ----------------------------------------------------------------------------
 
     def _reader(self) -> sqlite3.Connection:

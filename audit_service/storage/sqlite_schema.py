@@ -92,7 +92,13 @@ def _event_columns() -> list[str]:
     ]  # fmt: skip
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_events]
+def _v2_retention_index(db: sqlite_utils.Database) -> None:
+    # Retention sweeps take the oldest events of one resource type; the console's tabs filter
+    # by resource and sort by date. One index serves both.
+    db.execute("CREATE INDEX events_resource_occurred_at ON events(resource, occurred_at)")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_events, _v2_retention_index]
 
 
 def migrate(db: sqlite_utils.Database) -> int:

@@ -1,0 +1,141 @@
+"""Retention: events older than their resource type's window are deleted.
+
+Defaults: 90 days, 30 for SIGN_IN (account access). A sweep deletes in bounded batches, each
+its own transaction on the writer thread, so Records keep flowing between batches. The sweep
+takes ``now`` as a parameter; APScheduler runs it at start and then on an interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from audit_service.errors import Unavailable
+from audit_service.models import ResourceType
+from audit_service.storage.base import Storage
+from audit_service.writer import GroupCommitWriter
+
+log = logging.getLogger(__name__)
+
+DAY_NS = 86_400 * 1_000_000_000
+DEFAULT_DAYS = 90
+DEFAULT_OVERRIDES: Mapping[ResourceType, int] = {ResourceType.SIGN_IN: 30}
+DEFAULT_BATCH = 1000
+JOB_ID = "retention-sweep"
+
+
+class RetentionConfigError(ValueError):
+    "A retention setting cannot be used; the message says which and why."
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    default_days: int = DEFAULT_DAYS
+    overrides: Mapping[ResourceType, int] = field(default_factory=lambda: dict(DEFAULT_OVERRIDES))
+
+    def days_for(self, resource: ResourceType) -> int:
+        return self.overrides.get(resource, self.default_days)
+
+    def cutoff(self, resource: ResourceType, now_ns: int) -> int:
+        "Events of ``resource`` that occurred before this instant are past retention."
+        return now_ns - self.days_for(resource) * DAY_NS
+
+    @classmethod
+    def from_settings(cls, default_days: int, overrides: str) -> RetentionPolicy:
+        """``overrides`` as ``"SIGN_IN=30,SECRET=365"``. :raises RetentionConfigError:"""
+        if default_days < 1:
+            raise RetentionConfigError(f"retention_days must be at least 1, not {default_days}")
+        parsed: dict[ResourceType, int] = {}
+        for part in filter(None, (p.strip() for p in overrides.split(","))):
+            name, sep, days = part.partition("=")
+            if not sep:
+                raise RetentionConfigError(f"retention override {part!r} is not TYPE=DAYS")
+            key = name.strip().upper().removeprefix("RESOURCE_TYPE_")
+            if key not in ResourceType.__members__:
+                valid = ", ".join(ResourceType.__members__)
+                raise RetentionConfigError(f"retention override for unknown type {name!r}; {valid}")
+            try:
+                parsed[ResourceType(key)] = int(days)
+            except ValueError:
+                raise RetentionConfigError(
+                    f"retention days for {key}: {days!r} is not a number"
+                ) from None
+            if parsed[ResourceType(key)] < 1:
+                raise RetentionConfigError(f"retention days for {key} must be at least 1")
+        return cls(default_days, parsed)
+
+
+def sweep(
+    writer: GroupCommitWriter, policy: RetentionPolicy, now_ns: int, batch_size: int = DEFAULT_BATCH
+) -> dict[ResourceType, int]:
+    """Delete every event past retention as of ``now_ns``; return the counts per type."""
+    removed: dict[ResourceType, int] = {}
+    for resource in ResourceType:
+        cutoff = policy.cutoff(resource, now_ns)
+        total = 0
+        while True:
+            deleted = writer.run(partial(_delete_batch, resource, cutoff, batch_size)).result()
+            total += deleted
+            if deleted < batch_size:
+                break
+        if total:
+            removed[resource] = total
+    return removed
+
+
+def _delete_batch(resource: ResourceType, cutoff: int, limit: int, storage: Storage) -> int:
+    return storage.delete_expired(resource, cutoff, limit)
+
+
+class RetentionScheduler:
+    """Runs ``sweep`` in the background: once at start, then every ``interval_minutes``."""
+
+    def __init__(
+        self,
+        writer: GroupCommitWriter,
+        policy: RetentionPolicy,
+        interval_minutes: float,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._writer = writer
+        self.policy = policy
+        self._clock = clock
+        self.sweeps = 0
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.scheduler.add_job(
+            self.run_once,
+            IntervalTrigger(minutes=interval_minutes, timezone=UTC),
+            id=JOB_ID,
+            name="retention sweep",
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+        )
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def run_once(self) -> dict[ResourceType, int]:
+        started = time.monotonic()
+        try:
+            removed = sweep(self._writer, self.policy, self._clock())
+        except Unavailable:
+            log.info("retention sweep stopped: shutting down")
+            return {}
+        self.sweeps += 1
+        summary = ", ".join(f"{r.value}: {n}" for r, n in removed.items()) or "nothing expired"
+        log.info(
+            "retention sweep removed %d events (%s) in %.2f s",
+            sum(removed.values()), summary, time.monotonic() - started,
+        )  # fmt: skip
+        return removed
+
+    def shutdown(self) -> None:
+        self.scheduler.shutdown(wait=False)
