@@ -140,11 +140,102 @@ def record(stub: pb_grpc.AuditServiceStub, **overrides: Any) -> pb.RecordRespons
     return response
 
 
-def list_all(stub: pb_grpc.AuditServiceStub, request: pb.ListRequest) -> Iterator[pb.AuditEvent]:
+def list_all(
+    stub: pb_grpc.AuditServiceStub,
+    request: pb.ListRequest,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> Iterator[pb.AuditEvent]:
     "Every event of a List, following page tokens."
     while True:
-        response = stub.List(request)
+        response = stub.List(request, metadata=metadata)
         yield from response.events
         if not response.next_page_token:
             return
         request.page_token = response.next_page_token
+
+
+# -- contract tests: small shared helpers -----------------------------------------------
+
+
+def rule(field: str, op: pb.FilterOp.ValueType, *values: str) -> pb.Filter:
+    "One filter rule: ``rule('resource', pb.FILTER_OP_EQUALS, 'entity')``."
+    return pb.Filter(field=field, op=op, values=list(values))
+
+
+def list_ids(stub: pb_grpc.AuditServiceStub, request: pb.ListRequest) -> list[str]:
+    "The ids of every event of a List, in order, following page tokens."
+    return [e.id for e in list_all(stub, request)]
+
+
+def rfc3339(ns: int) -> str:
+    "Integer nanoseconds since the epoch as RFC 3339 UTC with all nine fraction digits."
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+def assert_still_serving(stub: pb_grpc.AuditServiceStub) -> None:
+    "The server answers a valid Record after whatever the test sent it."
+    response = record(stub, identifier="still-serving")
+    assert response.id
+    assert not response.duplicate
+
+
+def varint(value: int) -> bytes:
+    "A protobuf base-128 varint."
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | 0x80 if value else low)
+        if not value:
+            return bytes(out)
+
+
+def nested_struct_bytes(levels: int) -> bytes:
+    """A google.protobuf.Struct on the wire, ``{"a": {"a": ... {"a": "x"}}}`` with ``levels``
+    objects (the top-level one is level 1), built by hand so any depth can be sent."""
+    value = b"\x1a\x01x"  # Value{string_value: "x"}
+    struct = b""
+    for level in range(levels):
+        entry = b"\x0a\x01a\x12" + varint(len(value)) + value  # map entry {"a": value}
+        struct = b"\x0a" + varint(len(entry)) + entry  # Struct{fields: [entry]}
+        if level < levels - 1:
+            value = b"\x2a" + varint(len(struct)) + struct  # Value{struct_value: struct}
+    return struct
+
+
+def event_bytes_with_before(levels: int, **overrides: Any) -> bytes:
+    "A serialized AuditEvent whose ``before`` nests ``levels`` objects deep."
+    struct = nested_struct_bytes(levels)
+    return event(**overrides).SerializeToString() + b"\x7a" + varint(len(struct)) + struct
+
+
+@dataclass(frozen=True)
+class Token:
+    principal_id: str
+    role: str
+    value: str
+    origins: tuple[str, ...] = ()
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.value}"),)
+
+
+def write_tokens_file(path: Path, tokens: list[Token]) -> Path:
+    "A tokens file (TOML) holding only the SHA-256 digests of ``tokens``."
+    import hashlib
+
+    entries = []
+    for token in tokens:
+        digest = hashlib.sha256(token.value.encode()).hexdigest()
+        lines = [
+            "[[principal]]",
+            f'id = "{token.principal_id}"',
+            f'role = "{token.role}"',
+            f'token_sha256 = "{digest}"',
+        ]
+        if token.origins:
+            lines.append("origins = [" + ", ".join(f'"{o}"' for o in token.origins) + "]")
+        entries.append("\n".join(lines))
+    path.write_text("\n\n".join(entries) + "\n")
+    return path
