@@ -11,7 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from audit_service.diffs import diff_of
-from audit_service.errors import AuditError, InvalidArgument, NotFound, PermissionDenied
+from audit_service.errors import (
+    AuditError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from audit_service.ids import is_event_id
 from audit_service.models import Diff, NewEvent, RecordOutcome, ResourceType, StoredEvent
 from audit_service.page_tokens import PageTokens, query_digest
@@ -71,7 +77,12 @@ class AuditLog:
         accepted = [(i, item) for i, item in enumerate(results) if isinstance(item, NewEvent)]
         if accepted:
             future = self._writer.submit([event for _, event in accepted])
-            outcomes = future.result(timeout=WRITE_TIMEOUT_S)
+            try:
+                outcomes = future.result(timeout=WRITE_TIMEOUT_S)
+            except TimeoutError:
+                raise Unavailable(
+                    f"storage did not commit within {WRITE_TIMEOUT_S:.0f} s; retry"
+                ) from None
             for (i, _), outcome in zip(accepted, outcomes, strict=True):
                 results[i] = outcome
         return [r for r in results if not isinstance(r, NewEvent)]
