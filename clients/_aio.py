@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -161,7 +161,7 @@ class AsyncAuditClient:
         page_size: int = DEFAULT_PAGE_SIZE,
         include_snapshots: bool = False,
         limit: int | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         "As ``AuditClient.list``, as an async iterator."
         request = list_request(filters, order_by, page_size, include_snapshots)
         remaining = limit
@@ -189,7 +189,7 @@ class AsyncAuditClient:
         after: Event | None = None,
         interval: float = 1.0,
         include_snapshots: bool = False,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         "As ``AuditClient.follow``, as an async iterator."
         cursor = after
         while True:
