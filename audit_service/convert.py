@@ -11,6 +11,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from audit_service import models
 from audit_service.errors import InvalidArgument
 from audit_service.models import Diff, JSONObject, NewEvent, StoredEvent
+from audit_service.query import MAX_TIME_NS, MIN_TIME_NS, TIME_RANGE
 from clients import pb
 
 _MAX_SAFE_INT = 2**53
@@ -29,7 +30,10 @@ def _enum_name(enum_type: Any, prefix: str, number: int, where: str, *, required
 def timestamp_to_ns(ts: timestamp_pb2.Timestamp, where: str) -> int:
     if not 0 <= ts.nanos < 1_000_000_000:
         raise InvalidArgument(where, f"nanos {ts.nanos} out of range")
-    return ts.seconds * 1_000_000_000 + ts.nanos
+    ns = ts.seconds * 1_000_000_000 + ts.nanos
+    if not MIN_TIME_NS <= ns <= MAX_TIME_NS:
+        raise InvalidArgument(where, f"outside the range of stored times ({TIME_RANGE})")
+    return ns
 
 
 def ns_to_timestamp(ns: int, out: timestamp_pb2.Timestamp) -> None:

@@ -50,4 +50,4 @@ class IdGenerator:
 
 def is_event_id(text: str) -> bool:
     "Whether ``text`` has the shape of an id this service mints."
-    return bool(_ID_PATTERN.match(text))
+    return bool(_ID_PATTERN.fullmatch(text))  # fullmatch: "$" would let a final "\n" in

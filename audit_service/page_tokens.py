@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 
 from audit_service.errors import InvalidArgument
 from audit_service.query import Condition, Cursor, Sort
@@ -64,6 +65,13 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    if not text:
-        raise ValueError("empty")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    "Decode exactly what ``_b64`` produces: no padding, no stray characters, no spare bits."
+    if not _B64URL.fullmatch(text):
+        raise ValueError("not unpadded base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
+
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")

@@ -7,9 +7,10 @@ storage turns a ``Query`` into SQL.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from audit_service import models
 from audit_service.errors import InvalidArgument
@@ -133,18 +134,42 @@ def sort_value(event: models.StoredEvent, sort: Sort) -> str | int:
     return value.value if isinstance(value, enum.Enum) else value  # type: ignore[no-any-return]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FRACTION = re.compile(r"(?<=\d)[.,](\d+)")
+# Times are stored as signed 64-bit nanoseconds since the epoch.
+MIN_TIME_NS = -(2**63)
+MAX_TIME_NS = 2**63 - 1
+TIME_RANGE = "1677-09-21T00:12:44Z to 2262-04-11T23:47:16Z"
+
+
 def parse_time(text: str, where: str) -> int:
-    "RFC 3339 text to integer nanoseconds since the epoch."
+    """RFC 3339 text to integer nanoseconds since the epoch.
+
+    The fraction of a second is read here, to the nanosecond (``datetime`` keeps only
+    microseconds); RFC 3339 allows a lower-case ``t`` and ``z``.
+    """
+    stripped = text.strip()
+    nanos = 0
+    fraction = _FRACTION.search(stripped)
+    if fraction:
+        nanos = int(fraction.group(1)[:9].ljust(9, "0"))
+        stripped = stripped[: fraction.start()] + stripped[fraction.end() :]
     try:
-        parsed = datetime.fromisoformat(text.strip())
+        parsed = datetime.fromisoformat(stripped.upper())
     except ValueError:
         raise InvalidArgument(
             where, f"{text!r} is not an RFC 3339 time (e.g. 2026-01-31T12:00:00Z)"
         ) from None
     if parsed.tzinfo is None:
         raise InvalidArgument(where, f"{text!r} has no UTC offset (add Z or +HH:MM)")
-    seconds = int(parsed.timestamp())
-    return seconds * 1_000_000_000 + parsed.microsecond * 1000
+    delta = parsed - _EPOCH
+    ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    ns += nanos
+    if not MIN_TIME_NS <= ns <= MAX_TIME_NS:
+        raise InvalidArgument(
+            where, f"{text!r} is outside the range of stored times ({TIME_RANGE})"
+        )
+    return ns
 
 
 def parse_enum(spec: FieldSpec, text: str, where: str) -> str:

@@ -51,13 +51,21 @@ def _too_large(size: int) -> TooLarge:
     )
 
 
+def _peer(context: grpc.ServicerContext) -> str:
+    "The caller's address; empty where the context has no transport (e.g. grpc_testing)."
+    try:
+        return context.peer()
+    except NotImplementedError:
+        return ""
+
+
 class AuditServicer(pb_grpc.AuditServiceServicer):
     def __init__(self, audit_log: AuditLog, authenticator: Authenticator) -> None:
         self._log = audit_log
         self._auth = authenticator
 
     def _principal(self, context: grpc.ServicerContext) -> Principal:
-        return self._auth.authenticate(context.invocation_metadata(), context.peer())
+        return self._auth.authenticate(context.invocation_metadata(), _peer(context))
 
     def _event(self, event: pb.AuditEvent | bytes, now: int) -> NewEvent | AuditError:
         "One event of a request, decoded (when raw) and converted; errors are returned."
