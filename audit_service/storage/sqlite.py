@@ -246,13 +246,16 @@ class SQLiteStorage:
         in, so the page sequence still neither skips nor repeats.
         """
         if sort.descending:
-            row = conn.execute("SELECT min(seq) FROM events WHERE id >= ?", [cursor.id])
-            seq = row.fetchone()[0]
-            bound = (1 << 63) - 1 if seq is None else seq
+            # seq and id share one order: the first row by id is the smallest seq (one probe).
+            row = conn.execute(
+                "SELECT seq FROM events WHERE id >= ? ORDER BY id LIMIT 1", [cursor.id]
+            ).fetchone()
+            bound = (1 << 63) - 1 if row is None else row[0]
             return f"(e.{column}, e.seq) < (?, ?)", [cursor.value, bound]
-        row = conn.execute("SELECT max(seq) FROM events WHERE id <= ?", [cursor.id])
-        seq = row.fetchone()[0]
-        return f"(e.{column}, e.seq) > (?, ?)", [cursor.value, 0 if seq is None else seq]
+        row = conn.execute(
+            "SELECT seq FROM events WHERE id <= ? ORDER BY id DESC LIMIT 1", [cursor.id]
+        ).fetchone()
+        return f"(e.{column}, e.seq) > (?, ?)", [cursor.value, 0 if row is None else row[0]]
 
     def close(self) -> None:
         with self._readers_lock:
