@@ -11,6 +11,7 @@ from types import FrameType
 
 from audit_service.config import ConfigError, load_settings
 from audit_service.server import StartupError, create_server, split_address
+from audit_service.storage import describe, is_postgres_url
 
 log = logging.getLogger("audit_service")
 
@@ -53,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "development mode (--dev): no authentication, every caller is the admin 'dev';"
             " serving loopback only"
         )
-    log.info("database %s (durability %s)", settings.db_path.resolve(), settings.durability)
+    where = describe(settings.db) if is_postgres_url(settings.db) else settings.db_path.resolve()
+    log.info("database %s (durability %s)", where, settings.durability)
     print(f"audit-service listening on {host}:{service.port}", flush=True)
     while not stop_requested.wait(1.0):
         pass

@@ -19,7 +19,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from audit_service.errors import Unavailable
 from audit_service.models import ResourceType
-from audit_service.storage.base import Storage
+from audit_service.storage.base import Storage, StorageError
 from audit_service.writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -74,19 +74,28 @@ class RetentionPolicy:
 
 def sweep(
     writer: GroupCommitWriter, policy: RetentionPolicy, now_ns: int, batch_size: int = DEFAULT_BATCH
-) -> dict[ResourceType, int]:
-    """Delete every event past retention as of ``now_ns``; return the counts per type."""
-    removed: dict[ResourceType, int] = {}
-    for resource in ResourceType:
-        cutoff = policy.cutoff(resource, now_ns)
-        total = 0
-        while True:
-            deleted = writer.run(partial(_delete_batch, resource, cutoff, batch_size)).result()
-            total += deleted
-            if deleted < batch_size:
-                break
-        if total:
-            removed[resource] = total
+) -> dict[ResourceType, int] | None:
+    """Delete every event past retention as of ``now_ns``; return the counts per type.
+
+    Returns None, having done nothing, when another process sharing the database is sweeping
+    (``Storage.sweep_lock``). Whole expired units go first (``Storage.drop_expired``: monthly
+    partitions in PostgreSQL), then the rest in batches on the writer thread.
+    """
+    storage = writer.storage
+    cutoffs = {resource: policy.cutoff(resource, now_ns) for resource in ResourceType}
+    with storage.sweep_lock() as ours:
+        if not ours:
+            return None
+        removed = storage.drop_expired(cutoffs)
+        for resource, cutoff in cutoffs.items():
+            total = 0
+            while True:
+                deleted = writer.run(partial(_delete_batch, resource, cutoff, batch_size)).result()
+                total += deleted
+                if deleted < batch_size:
+                    break
+            if total:
+                removed[resource] = removed.get(resource, 0) + total
     return removed
 
 
@@ -108,6 +117,7 @@ class RetentionScheduler:
         self.policy = policy
         self._clock = clock
         self.sweeps = 0
+        self.skipped = 0  # sweeps left to another process that was sweeping
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.scheduler.add_job(
             self.run_once,
@@ -128,6 +138,13 @@ class RetentionScheduler:
             removed = sweep(self._writer, self.policy, self._clock())
         except Unavailable:
             log.info("retention sweep stopped: shutting down")
+            return {}
+        except StorageError as exc:
+            log.warning("retention sweep failed (the next one retries): %s", exc)
+            return {}
+        if removed is None:
+            self.skipped += 1
+            log.info("retention sweep skipped: another process sharing the database is sweeping")
             return {}
         self.sweeps += 1
         summary = ", ".join(f"{r.value}: {n}" for r, n in removed.items()) or "nothing expired"

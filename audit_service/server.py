@@ -24,13 +24,12 @@ from audit_service.auth import (
 )
 from audit_service.config import Settings
 from audit_service.errors import InvalidArgument
-from audit_service.keys import ServerKey, key_path_for
 from audit_service.page_tokens import PageTokens
 from audit_service.retention import RetentionConfigError, RetentionPolicy, RetentionScheduler
 from audit_service.secrets_redaction import SecretFingerprinter
 from audit_service.servicer import AuditServicer
 from audit_service.sign_ins import SignInAuditor
-from audit_service.storage.sqlite import SQLiteStorage
+from audit_service.storage import Storage, StorageError, open_storage
 from audit_service.tokens_file import TokensFileError
 from audit_service.wire import LazyRecordStreamRequest, decode
 from audit_service.writer import GroupCommitWriter
@@ -54,7 +53,7 @@ class RunningService:
     port: int
     health: health.HealthServicer
     writer: GroupCommitWriter
-    storage: SQLiteStorage
+    storage: Storage
     audit_log: AuditLog
     authenticator: Authenticator
     retention: RetentionScheduler
@@ -200,8 +199,15 @@ def create_server(settings: Settings, address: str | None = None) -> RunningServ
     except RetentionConfigError as exc:
         raise StartupError(str(exc)) from None
     credentials = server_credentials(settings)
-    storage = SQLiteStorage(settings.db_path, durability=settings.durability)  # type: ignore[arg-type]
-    key = ServerKey.load_or_create(key_path_for(settings.db_path))
+    try:  # a path means SQLite, a postgresql:// URL PostgreSQL
+        storage = open_storage(settings.db, durability=settings.durability)  # type: ignore[arg-type]
+    except StorageError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        key = storage.server_key()  # SQLite: <db>.key beside the file; PostgreSQL: in the db
+    except BaseException:
+        storage.close()
+        raise
     writer = GroupCommitWriter(storage, settings.max_group_events)
     try:
         authenticator = make_authenticator(

@@ -26,6 +26,7 @@ def validate(event: NewEvent, now_ns: int, oldest_allowed_ns: int | None = None)
     if not event.identifier:
         raise InvalidArgument("event.identifier", "required")
     _max_chars("event.identifier", event.identifier, MAX_IDENTIFIER_CHARS)
+    _no_nul("event.identifier", event.identifier)
     if event.resource is ResourceType.ENTITY and not event.blueprint:
         raise InvalidArgument("event.blueprint", "required for ENTITY events")
     for name, value in (
@@ -37,10 +38,12 @@ def validate(event: NewEvent, now_ns: int, oldest_allowed_ns: int | None = None)
         ("event.source.name", event.source.name),
     ):
         _max_chars(name, value, MAX_SHORT_TEXT_CHARS)
+        _no_nul(name, value)
     if event.error and event.status is Status.SUCCESS:
         raise InvalidArgument("event.error", "only a STATUS_FAILURE event may carry an error")
     if len(event.error.encode()) > MAX_ERROR_BYTES:
         raise InvalidArgument("event.error", f"longer than {MAX_ERROR_BYTES} bytes")
+    _no_nul("event.error", event.error)
     if event.occurred_at > now_ns + MAX_FUTURE_SKEW_NS:
         raise InvalidArgument("event.occurred_at", "more than 5 minutes in the future")
     if oldest_allowed_ns is not None and event.occurred_at < oldest_allowed_ns:
@@ -78,6 +81,14 @@ def _check_context(context: dict[str, str]) -> None:
             raise InvalidArgument("event.context", "keys must not be empty")
         _max_chars(f"event.context[{key[:40]!r}]", key, MAX_CONTEXT_KEY_CHARS)
         _max_chars(f"event.context[{key[:40]!r}]", value, MAX_CONTEXT_VALUE_CHARS)
+        _no_nul(f"event.context[{key[:40]!r}]", key + value)
+
+
+def _no_nul(name: str, value: str) -> None:
+    # PostgreSQL's text cannot hold U+0000; both backends refuse it so they store alike.
+    # (Snapshots may hold it: they are stored as JSON text where needed.)
+    if "\x00" in value:
+        raise InvalidArgument(name, "must not contain the NUL character (U+0000)")
 
 
 def _max_chars(name: str, value: str, limit: int) -> None:

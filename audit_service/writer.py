@@ -52,6 +52,11 @@ class GroupCommitWriter:
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
+    @property
+    def storage(self) -> Storage:
+        "The storage this writer commits to (read it from any thread; write through ``run``)."
+        return self._storage
+
     def submit(self, events: Sequence[NewEvent]) -> Future[list[RecordOutcome]]:
         """Queue ``events``; the future completes once they are durable.
 

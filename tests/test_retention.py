@@ -17,6 +17,7 @@ from audit_service.retention import (
     RetentionPolicy,
     sweep,
 )
+from audit_service.storage import SQLiteStorage
 from clients import pb
 from tests.helpers import TestServer, event, list_all, start_server
 
@@ -73,7 +74,9 @@ def test_sweep_boundaries_with_an_injected_clock(server: TestServer) -> None:
     assert removed == {ResourceType.ENTITY: 1, ResourceType.SIGN_IN: 1}
     assert _identifiers(server) == {"entity-60d", "sign-in-10d"}
     # Everything stored beside the deleted events went with them.
-    conn = server.service.storage._writer
+    storage = server.service.storage
+    assert isinstance(storage, SQLiteStorage)
+    conn = storage._writer
     assert conn.execute("SELECT count(*) FROM snapshots").fetchone() == (2,)
     assert conn.execute("SELECT count(*) FROM event_context").fetchone() == (2,)
     hits = server.stub.List(

@@ -6,9 +6,11 @@ The service writes only through ``insert_batch``, from the one writer thread (se
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
+from audit_service.keys import ServerKey
 from audit_service.models import NewEvent, RecordOutcome, ResourceType, StoredEvent
 from audit_service.query import Cursor, Query
 
@@ -41,6 +43,26 @@ class Storage(Protocol):
 
         :raises StorageError: nothing was deleted.
         """
+        ...
+
+    def drop_expired(self, cutoffs: Mapping[ResourceType, int]) -> dict[ResourceType, int]:
+        """Remove in bulk what is wholly past retention, before the batched deletes of a
+        sweep: events of each type older than its cutoff in ``cutoffs``. Returns how many
+        events went, by type. A backend without such bulk units (SQLite) does nothing.
+        Called on the sweeping thread, not the writer thread.
+
+        :raises StorageError: the database failed.
+        """
+        ...
+
+    def sweep_lock(self) -> AbstractContextManager[bool]:
+        """Held for a whole retention sweep. Enters as True when this process may sweep now,
+        False when another process sharing the database is sweeping (skip this one)."""
+        ...
+
+    def server_key(self) -> ServerKey:
+        """The key of page tokens and SECRET fingerprints, created on first use; every process
+        sharing the database gets the same one."""
         ...
 
     def close(self) -> None: ...

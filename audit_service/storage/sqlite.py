@@ -6,7 +6,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ import sqlite_utils
 
 from audit_service import models
 from audit_service.ids import IdGenerator
+from audit_service.keys import ServerKey, key_path_for
 from audit_service.models import NewEvent, RecordOutcome, StoredEvent
 from audit_service.query import Condition, Cursor, Kind, Op, Query, Sort
 from audit_service.storage.base import StorageError
@@ -177,6 +179,19 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"could not delete expired events: {exc}") from exc
         return len(rows)
+
+    def drop_expired(
+        self, cutoffs: Mapping[models.ResourceType, int]
+    ) -> dict[models.ResourceType, int]:
+        return {}  # one table: the batched deletes do it all
+
+    @contextmanager
+    def sweep_lock(self) -> Iterator[bool]:
+        yield True  # one process per file: the writer thread already serializes deletes
+
+    def server_key(self) -> ServerKey:
+        "The key file beside the database (``<db>.key``, mode 0600)."
+        return ServerKey.load_or_create(key_path_for(self.path))
 
     # -- reads ----------------------------------------------------------------------------
 
