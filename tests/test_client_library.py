@@ -313,8 +313,9 @@ def test_get_diff_errors(client: AuditClient) -> None:
         client.get_diff("not-an-id")
     with pytest.raises(NotFound):
         client.get_diff("01a2154f-50c1-7000-8d6e-8b730436e28f")
-    read = client.record(Event(resource="sign_in", identifier="alice", operation="read",
-                               origin="ui"))  # fmt: skip
+    read = client.record(
+        Event(resource="sign_in", identifier="alice", operation="read", origin="ui")
+    )
     diff = client.get_diff(read.id)
     assert not diff.available
     assert "READ" in diff.reason

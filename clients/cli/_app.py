@@ -85,7 +85,7 @@ def _add_columns_option(parser: argparse.ArgumentParser, default: str) -> None:
         "--columns",
         metavar="COLS",
         help=f"columns to show, comma-separated, in order ({default}); or +COL to add and -COL"
-        " to hide (-error,+id); one of: "
+        " to hide (--columns=-error,+id); one of: "
         + ", ".join([*COLUMNS, "context.KEY"])
         + "; aliases: date, recorded, type, entity, diff",
     )
