@@ -38,9 +38,13 @@ Docs: docs/auditctl.md."""
 Handler = Callable[[argparse.Namespace], int]
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
+class _Formatter(argparse.HelpFormatter):
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32, width=100)
+
+
+class _MainFormatter(argparse.RawDescriptionHelpFormatter, _Formatter):
+    "Keeps the examples' line breaks."
 
 
 def _add_query_options(
@@ -93,7 +97,7 @@ def _add_columns_option(parser: argparse.ArgumentParser, default: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_MainFormatter
     )
     add_connection_options(parser)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -243,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     fields.add_argument("--status", help="success (default) or failure")
     fields.add_argument("--error", help="what went wrong (with --status failure)")
     fields.add_argument(
-        "--occurred-at", metavar="TIME", help="when it happened, RFC 3339 (default: now)"
+        "--occurred-at",
+        metavar="WHEN",
+        help="when it happened (default: now): 30m ago, a local time or RFC 3339, as --since",
     )
     fields.add_argument(
         "--idempotency-key",

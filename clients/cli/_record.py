@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from clients import AuditClientError, Event
+from clients._values import format_time
 from clients.cli._errors import EXIT_OK, UsageError, explain
+from clients.cli._query import parse_when
 from clients.cli._settings import resolve
 
 # flag dest -> event field, for the plain text fields
@@ -23,7 +25,6 @@ TEXT_FLAGS = (
     "origin",
     "status",
     "error",
-    "occurred_at",
     "idempotency_key",
 )
 SOURCE_FLAGS = {"source_kind": "kind", "source_id": "id", "source_name": "name"}
@@ -57,6 +58,8 @@ def event_data(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None:
             data[name] = value
+    if args.occurred_at is not None:
+        data["occurred_at"] = format_time(parse_when(args.occurred_at, "--occurred-at"))
     source_flags = {f: getattr(args, name) for name, f in SOURCE_FLAGS.items()}
     if any(v is not None for v in source_flags.values()):
         source = dict(data.get("source") or {})
