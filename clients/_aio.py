@@ -105,6 +105,7 @@ class AsyncAuditClient:
         batch_size: int = MAX_BATCH_EVENTS,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         window: int = 4,
+        timeout: float | None = None,
     ) -> builtins.list[RecordResult]:
         "As ``AuditClient.record_many`` (``events`` is a plain iterable)."
         if window < 1:
@@ -114,7 +115,7 @@ class AsyncAuditClient:
         while True:
             acknowledged = state.acknowledged
             try:
-                await self._stream_once(state, window)
+                await self._stream_once(state, window, timeout)
                 return state.results()
             except AuditClientError as exc:
                 if exc.code is None:  # found here, not reported by the service
@@ -127,8 +128,11 @@ class AsyncAuditClient:
                 raise error
             await asyncio.sleep(delay)
 
-    async def _stream_once(self, state: RecordStreamState, window: int) -> None:
-        call = self.stub.RecordStream(None, metadata=self._metadata)  # written to below
+    async def _stream_once(
+        self, state: RecordStreamState, window: int, timeout: float | None = None
+    ) -> None:
+        # The requests are written to the call below.
+        call = self.stub.RecordStream(None, metadata=self._metadata, timeout=timeout)
         in_flight = 0
         exhausted = False
         try:

@@ -158,6 +158,7 @@ class AuditClient:
         batch_size: int = MAX_BATCH_EVENTS,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         window: int = 4,
+        timeout: float | None = None,
     ) -> builtins.list[RecordResult]:
         """Store many events over one RecordStream; one result per event, in input order.
 
@@ -166,9 +167,11 @@ class AuditClient:
         rejects gets an ``error`` in its result (an ``InvalidEvent`` naming the field, say)
         and does not stop the others. On UNAVAILABLE the stream is opened again and the
         unacknowledged batches sent again, if every event in them has an idempotency key.
+        ``timeout``: seconds each stream may take in all (None: no limit); a stream that
+        runs out is DEADLINE_EXCEEDED, not retried.
 
-        :raises Unauthenticated, PermissionDenied, Unavailable, ServiceError: the stream as a
-            whole failed; nothing tells which unacknowledged events were stored.
+        :raises Unauthenticated, PermissionDenied, Unavailable, DeadlineExceeded, ServiceError:
+            the stream as a whole failed; nothing tells which unacknowledged events were stored.
         """
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -177,7 +180,7 @@ class AuditClient:
         while True:
             acknowledged = state.acknowledged
             try:
-                self._stream_once(state, window)
+                self._stream_once(state, window, timeout)
                 return state.results()
             except grpc.RpcError as exc:
                 error = error_from_rpc(exc)
@@ -188,7 +191,9 @@ class AuditClient:
                 raise error from None
             time.sleep(delay)
 
-    def _stream_once(self, state: RecordStreamState, window: int) -> None:
+    def _stream_once(
+        self, state: RecordStreamState, window: int, timeout: float | None = None
+    ) -> None:
         outbox: queue.SimpleQueue[pb.RecordStreamRequest | None] = queue.SimpleQueue()
 
         def requests() -> Iterator[pb.RecordStreamRequest]:
@@ -212,7 +217,7 @@ class AuditClient:
         for batch in state.unacknowledged():
             outbox.put(batch.request)
             in_flight += 1
-        responses = self.stub.RecordStream(requests(), metadata=self._metadata)
+        responses = self.stub.RecordStream(requests(), metadata=self._metadata, timeout=timeout)
         try:
             top_up()
             for response in responses:
