@@ -58,7 +58,9 @@ POOL_MIN = 2
 POOL_MAX = 16
 POOL_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 15
-PARTITION_LOCK_TIMEOUT = "3s"
+# How long creating or dropping a partition may wait for its lock on ``events`` (while it
+# waits, queries queue behind it); past that it gives up until the next batch or sweep.
+PARTITION_LOCK_TIMEOUT_MS = 3000
 _INSERT_CHUNK = 1000  # rows per multi-row statement (6 parameters each)
 _RETRIES = 3  # deadlocks and serialization failures abort before commit: safe to retry
 
@@ -182,6 +184,7 @@ class PostgresStorage:
         if newest is not None and newest[0] is not None:
             self._ids.continue_after(newest[0])
         self._months: set[datetime] = set()
+        self.partition_lock_timeout_ms = PARTITION_LOCK_TIMEOUT_MS
         self._months_lock = threading.Lock()
         self._pool = psycopg_pool.ConnectionPool(
             url,
@@ -246,7 +249,7 @@ class PostgresStorage:
                 if stray == (True,):
                     log.warning("events of %s stay in events_default (it holds some)", name)
                     return True
-                conn.execute(f"SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT}'")
+                conn.execute(f"SET LOCAL lock_timeout = {int(self.partition_lock_timeout_ms)}")
                 conn.execute(
                     f"CREATE TABLE {name} PARTITION OF events"
                     f" FOR VALUES FROM ({_bound_sql(low)}) TO ({_bound_sql(high)})"
@@ -418,7 +421,7 @@ class PostgresStorage:
     ) -> dict[models.ResourceType, int] | None:
         try:
             with conn.transaction():
-                conn.execute(f"SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT}'")
+                conn.execute(f"SET LOCAL lock_timeout = {int(self.partition_lock_timeout_ms)}")
                 rows = conn.execute(
                     f"SELECT resource, count(*) FROM {name} GROUP BY resource"
                 ).fetchall()

@@ -130,8 +130,9 @@ def _choose_fold_collation(conn: psycopg.Connection[Any]) -> str:
             if row.fetchone() is None:
                 continue
         quoted = '"' + name + '"'
-        folded = conn.execute(f"SELECT lower('\u00c9\u03a3' COLLATE {quoted})").fetchone()
-        if folded is not None and folded[0] == "\u00e9\u03c3":
+        # (A capital sigma inside a word: ICU would lower a final one to the final form.)
+        folded = conn.execute(f"SELECT lower('\u00c9\u03a3\u0391' COLLATE {quoted})").fetchone()
+        if folded is not None and folded[0] == "\u00e9\u03c3\u03b1":
             return name
     raise RuntimeError(
         "the database has no collation whose lower() knows Unicode (tried "
