@@ -144,7 +144,7 @@ class AsyncAuditClient:
                     fresh = state.next_batch()
                     if fresh is None:
                         exhausted = True
-                        await call.done_writing()
+                        await _done_writing(call)
                     else:
                         await _write(call, fresh.request)
                         in_flight += 1
@@ -227,6 +227,13 @@ async def _write(call: _Stream, request: pb.RecordStreamRequest) -> None:
         raise error_from_rpc(exc) from None
     except asyncio.InvalidStateError:  # the call already ended: report how
         raise await _ended(call) from None
+
+
+async def _done_writing(call: _Stream) -> None:
+    try:
+        await call.done_writing()
+    except grpc.RpcError as exc:
+        raise error_from_rpc(exc) from None
 
 
 async def _read(call: _Stream) -> pb.RecordStreamResponse | None:

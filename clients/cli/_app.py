@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from clients import AuditClientError
@@ -307,6 +308,7 @@ def _tokens_help(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     "Run auditctl; returns the exit code."
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
@@ -334,6 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"unexpected error: {type(exc).__name__}: {exc} (AUDITCTL_DEBUG=1 shows the traceback)",
             EXIT_FAILED,
         )
+
+
+def _show_warning(message: Warning | str, *_args: object, **_kwargs: object) -> None:
+    "Warnings (a token about to travel in plaintext, say) as one line, like errors."
+    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _fail(message: str, code: int) -> int:
