@@ -1,0 +1,71 @@
+"""Fitting events under the service's limits (shared/design/api.md, "Errors and limits")
+before they are spooled, so that a source's odd object does not cost the whole event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clients import pb
+
+MAX_EVENT_BYTES = 1024 * 1024  # the service refuses bigger events (RESOURCE_EXHAUSTED)
+MAX_ERROR_BYTES = 4096
+MAX_IDENTIFIER_CHARS = 512
+MAX_SHORT_TEXT_CHARS = 512  # blueprint, source id and name, idempotency key
+MAX_CONTEXT_VALUE_CHARS = 1024
+MAX_SNAPSHOT_DEPTH = 32  # the top-level object is level 1
+OMITTED_KEY = "snapshots_omitted"
+
+
+def depth(value: Any) -> int:
+    "Nesting depth of objects and arrays: a flat object is 1, a scalar 0."
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def fits_as_snapshot(value: Any) -> bool:
+    "Whether ``value`` is an object the service takes as a snapshot (depth at most 32)."
+    return isinstance(value, dict) and depth(value) <= MAX_SNAPSHOT_DEPTH
+
+
+def _cut(text: str, limit: int) -> str:
+    text = text.replace("\x00", "")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def fit_event(event: pb.AuditEvent) -> pb.AuditEvent:
+    """``event``, changed in place so the service can take it: texts cut to their limits
+    (NUL characters removed); over 1 MiB serialized, the ``before`` snapshot dropped, then
+    ``after`` too, with ``context.snapshots_omitted`` saying so (the event itself is kept:
+    who changed what, and when, matters more than the object's content)."""
+    error = event.error.replace("\x00", "").encode()
+    if len(error) > MAX_ERROR_BYTES:
+        event.error = error[: MAX_ERROR_BYTES - 3].decode(errors="ignore") + "…"
+    elif "\x00" in event.error:
+        event.error = error.decode()
+    event.identifier = _cut(event.identifier, MAX_IDENTIFIER_CHARS)
+    event.blueprint = _cut(event.blueprint, MAX_SHORT_TEXT_CHARS)
+    event.source.id = _cut(event.source.id, MAX_SHORT_TEXT_CHARS)
+    event.source.name = _cut(event.source.name, MAX_SHORT_TEXT_CHARS)
+    for key, value in list(event.context.items()):
+        if len(value) > MAX_CONTEXT_VALUE_CHARS or "\x00" in value:
+            event.context[key] = _cut(value, MAX_CONTEXT_VALUE_CHARS)
+    size = event.ByteSize()
+    if size <= MAX_EVENT_BYTES:
+        return event
+    event.ClearField("before")
+    if event.ByteSize() > MAX_EVENT_BYTES:
+        event.ClearField("after")
+        event.context[OMITTED_KEY] = f"before and after: the event was {size} bytes"
+    else:
+        event.context[OMITTED_KEY] = f"before: the event was {size} bytes"
+    return event
