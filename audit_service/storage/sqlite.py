@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -35,6 +36,15 @@ _INSERT_EVENT = (
     " status, error, recorded_by, idempotency_key, context, diff_available)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_CONTEXT = "INSERT INTO event_context (key, value, seq) VALUES (?, ?, ?)"
+_INSERT_SNAPSHOT = "INSERT INTO snapshots (seq, before, after) VALUES (?, ?, ?)"
+_INSERT_ERROR_FTS = "INSERT INTO error_fts (rowid, error) VALUES (?, ?)"
+# Rows per INSERT statement: powers of two up to this. Every statement step releases and
+# retakes the GIL (executemany: one step per row), and while RPC threads run Python each retake
+# can wait out the 5 ms switch interval, stalling the writer. Multi-row statements cut a group
+# commit's steps from one per row to a few per table (and SQLite does less per row).
+_ROWS_PER_INSERT = 32
+_MAX_PARAMS = 999  # the oldest SQLite's limit on parameters per statement
 _SQL_OPS = {Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}
 _FTS_MIN_CHARS = 3  # the trigram tokenizer cannot match shorter needles
 _IN_CHUNK = 500
@@ -117,17 +127,10 @@ class SQLiteStorage:
                 snapshot_rows.append((seq, _dumps(event.before), _dumps(event.after)))
             if event.error:
                 fts_rows.append((seq, event.error))
-        conn.executemany(_INSERT_EVENT, event_rows)
-        if context_rows:
-            conn.executemany(
-                "INSERT INTO event_context (key, value, seq) VALUES (?, ?, ?)", context_rows
-            )
-        if snapshot_rows:
-            conn.executemany(
-                "INSERT INTO snapshots (seq, before, after) VALUES (?, ?, ?)", snapshot_rows
-            )
-        if fts_rows:
-            conn.executemany("INSERT INTO error_fts (rowid, error) VALUES (?, ?)", fts_rows)
+        _insert_rows(conn, _INSERT_EVENT, event_rows)
+        _insert_rows(conn, _INSERT_CONTEXT, context_rows)
+        _insert_rows(conn, _INSERT_SNAPSHOT, snapshot_rows)
+        _insert_rows(conn, _INSERT_ERROR_FTS, fts_rows)
         return outcomes
 
     def _existing_keys(
@@ -369,10 +372,34 @@ def _stored_event(row: Sequence[Any], *, with_snapshots: bool) -> StoredEvent:
     )
 
 
+def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[Sequence[Any]]) -> None:
+    "Run ``insert`` (one ``VALUES (...)`` row) for every row, up to 32 rows per statement."
+    start = 0
+    while start < len(rows):
+        size = _ROWS_PER_INSERT
+        while size > 1 and (size > len(rows) - start or size * len(rows[start]) > _MAX_PARAMS):
+            size //= 2
+        values = [value for row in rows[start : start + size] for value in row]
+        conn.execute(_multi_row(insert, size), values)
+        start += size
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row(insert: str, rows: int) -> str:
+    "``insert`` with its ``VALUES (...)`` row repeated ``rows`` times."
+    head, values, row = insert.rpartition(" VALUES ")
+    return head + values + ", ".join([row] * rows)
+
+
+# json.dumps builds a new encoder for every call that passes options; one shared encoder
+# (it keeps no state between calls) writes the same text faster.
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _dumps(value: Any) -> str | None:
     if value is None:
         return None
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _JSON_ENCODER.encode(value)
 
 
 def _loads(text: str | None) -> Any:
