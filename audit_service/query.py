@@ -180,7 +180,7 @@ def parse_enum(spec: FieldSpec, text: str, where: str) -> str:
     if name in spec.enum.__members__:
         return name
     valid = ", ".join(m.lower() for m in spec.enum.__members__)
-    raise InvalidArgument(where, f"{text!r} is not a {spec.name}; valid values: {valid}")
+    raise InvalidArgument(where, f"{text!r} is not a valid {spec.name}; valid values: {valid}")
 
 
 def parse_condition(field: str, op: str, values: Sequence[str], where: str) -> Condition:
