@@ -121,19 +121,19 @@ class GroupCommitWriter:
         events = [e for w in group for e in w.events]
         try:
             outcomes = self._storage.insert_batch(events)
-        except StorageError as exc:
+        except Exception as exc:
             if len(group) > 1:
                 # Keep one bad write from failing its neighbours: retry them one by one.
                 for write in group:
                     self._commit([write])
                 return
-            log.error("write of %d events failed: %s", len(events), exc)
-            group[0].future.set_exception(Unavailable(f"storage is not accepting writes: {exc}"))
-            return
-        except BaseException as exc:  # a bug: fail the waiters rather than hang them
-            log.exception("writer failed")
-            for write in group:
-                write.future.set_exception(exc)
+            if isinstance(exc, StorageError):
+                log.error("write of %d events failed: %s", len(events), exc)
+                failure: Exception = Unavailable(f"storage is not accepting writes: {exc}")
+            else:  # a bug: fail this waiter rather than hang it
+                log.exception("write of %d events failed", len(events))
+                failure = exc
+            group[0].future.set_exception(failure)
             return
         self.groups_committed += 1
         start = 0
