@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 
@@ -32,11 +33,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StartupError, OSError) as exc:
         print(f"audit-service: {exc}", file=sys.stderr)
         return 2
-    stop_requested = threading.Event()
+    # Set by the signal handler, which takes no lock: Event.set there can deadlock against the
+    # main thread's own Event.wait (the handler runs on the main thread).
+    stop_requested: list[int] = []
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping gracefully", signal.Signals(signum).name)
-        stop_requested.set()
+        stop_requested.append(signum)
 
     def reload_tokens(_signum: int, _frame: FrameType | None) -> None:
         log.info("received SIGHUP: reloading the tokens file")
@@ -57,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = describe(settings.db) if is_postgres_url(settings.db) else settings.db_path.resolve()
     log.info("database %s (durability %s)", where, settings.durability)
     print(f"audit-service listening on {host}:{service.port}", flush=True)
-    while not stop_requested.wait(1.0):
-        pass
+    while not stop_requested:
+        time.sleep(0.1)
     service.stop(settings.grace_seconds)
     log.info("stopped: every acknowledged event is committed")
     return 0
