@@ -35,7 +35,16 @@ from clients._errors import (
 from clients._generated.auditlog.v1 import audit_pb2 as pb
 from clients._generated.auditlog.v1 import audit_pb2_grpc as pb_grpc
 from clients._retry import RetryPolicy
-from clients._values import FILTER_FIELDS, Diff, Event, Filter, RecordResult, Source, enum_names
+from clients._values import (
+    FILTER_FIELDS,
+    Diff,
+    Event,
+    Filter,
+    Page,
+    RecordResult,
+    Source,
+    enum_names,
+)
 
 __all__ = [
     "FILTER_FIELDS",
@@ -51,6 +60,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidEvent",
     "NotFound",
+    "Page",
     "PermissionDenied",
     "RecordResult",
     "RetryPolicy",

@@ -40,6 +40,7 @@ from clients._values import (
     Event,
     EventLike,
     FilterLike,
+    Page,
     RecordResult,
     event_to_pb,
     from_timestamp,
@@ -149,6 +150,10 @@ class AsyncAuditClient:
                         await _write(call, fresh.request)
                         in_flight += 1
                 if in_flight == 0:
+                    # Everything sent is acknowledged: read the end of the stream, so that a
+                    # refusal of the stream as a whole is reported even when no batch was
+                    # sent (``record_many([])`` with a token that may not record).
+                    await _read(call)
                     return
                 response = await _read(call)
                 if response is None:
@@ -180,6 +185,20 @@ class AsyncAuditClient:
             if not page.next_page_token:
                 return
             request.page_token = page.next_page_token
+
+    async def list_page(
+        self,
+        *filters: FilterLike,
+        order_by: str = "",
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str = "",
+        include_snapshots: bool = False,
+    ) -> Page:
+        "As ``AuditClient.list_page``."
+        request = list_request(filters, order_by, page_size, include_snapshots)
+        request.page_token = page_token
+        response = await self._list_page(request)
+        return Page([Event.from_pb(m) for m in response.events], response.next_page_token)
 
     async def _list_page(self, request: pb.ListRequest) -> pb.ListResponse:
         async def call() -> pb.ListResponse:

@@ -29,6 +29,7 @@ from clients._values import (
     EventLike,
     Filter,
     FilterLike,
+    Page,
     RecordResult,
     event_to_pb,
     format_time,
@@ -263,6 +264,27 @@ class AuditClient:
             if not page.next_page_token:
                 return
             request.page_token = page.next_page_token
+
+    def list_page(
+        self,
+        *filters: FilterLike,
+        order_by: str = "",
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str = "",
+        include_snapshots: bool = False,
+    ) -> Page:
+        """One page of ``list``: at most ``page_size`` events and the token of the next page,
+        for callers that page on demand (a web page's "next 1,000"). ``page_token``: a
+        ``next_page_token`` from an earlier page with the same filters and order_by.
+
+        :raises InvalidArgument: as ``list``, and for a page token the service did not issue
+            or issued for other filters or another order_by (``.field`` is ``page_token``).
+        :raises Unauthenticated, PermissionDenied, Unavailable, DeadlineExceeded, ServiceError:
+        """
+        request = list_request(filters, order_by, page_size, include_snapshots)
+        request.page_token = page_token
+        response = self._list_page(request)
+        return Page([Event.from_pb(m) for m in response.events], response.next_page_token)
 
     def _list_page(self, request: pb.ListRequest) -> pb.ListResponse:
         response: pb.ListResponse = call_with_retry(

@@ -417,6 +417,15 @@ class RecordResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a List: its ``events`` and the ``next_page_token`` that fetches the next
+    one (empty on the last page). Pass the token back with the same filters and order_by."""
+
+    events: list[Event]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
 class Diff:
     """An event's change: ``before``/``after`` snapshots (``{}`` when absent) and the RFC 6902
     ``patch`` from one to the other; ``available`` False with a ``reason`` when there is none."""
