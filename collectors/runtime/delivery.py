@@ -176,9 +176,14 @@ class Delivery:
         oldest = self.spool.oldest_spooled_at()
         if oldest is None:
             return False
-        left = oldest + self.settings.linger - time.time()
-        if left > 0:
-            self.spool.wait_for_count(self.settings.batch_size, min(left, self.settings.linger))
+        deadline = oldest + min(self.settings.linger, 60.0)
+        while not (self._draining.is_set() or self._stop_now.is_set()):
+            left = deadline - time.time()
+            if left <= 0:
+                break
+            # In short waits, so that a stop does not wait out the linger.
+            if self.spool.wait_for_count(self.settings.batch_size, min(left, 0.05)):
+                break
         return True
 
     def _client_now(self) -> AuditClient:
