@@ -22,6 +22,11 @@ class IdGenerator:
         self._lock = threading.Lock()
         self._last_ms = 0
         self._counter = 0
+        # rand_b comes from os.urandom, drawn 4 KiB at a time: one call per id would be a
+        # system call (and a release of the GIL) per stored event. Refilled after a fork.
+        self._random = b""
+        self._random_at = 0
+        self._random_pid = 0
 
     def continue_after(self, last_id: str) -> None:
         "Never mint an id at or below ``last_id`` (e.g. the newest stored one), whatever the clock."
@@ -43,7 +48,11 @@ class IdGenerator:
                 self._counter = 0
             self._last_ms = ms
             counter = self._counter
-        rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+            at = self._random_at
+            if at >= len(self._random) or self._random_pid != os.getpid():
+                self._random, self._random_pid, at = os.urandom(4096), os.getpid(), 0
+            self._random_at = at + 8
+            rand_b = int.from_bytes(self._random[at : at + 8], "big") & ((1 << 62) - 1)
         value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
         # What str(uuid.UUID(int=value)) gives, at less than half its cost (one per event).
         h = f"{value:032x}"
