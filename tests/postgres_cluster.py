@@ -3,18 +3,22 @@ Unix socket in that directory only (no TCP), stopped and deleted at the end.
 
 PostgreSQL refuses to run as root; as root, the server programs run as the ``postgres`` user
 (``runuser``) and the directory is handed to it.
+
+With ``AUDITLOG_TEST_POSTGRES_URL`` set, the tests use that server instead (``ExternalServer``:
+e.g. another engine that speaks PostgreSQL's protocol); its role must be allowed to create
+databases, and the databases the tests made are dropped at the end.
 """
 
 from __future__ import annotations
 
 import glob
-import itertools
 import os
 import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +27,7 @@ import psycopg
 PROGRAMS = ("initdb", "pg_ctl", "postgres")
 SEARCH_DIRS = ("/usr/local/bin", *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True))
 SKIP_ENV = "AUDITLOG_TEST_POSTGRES"  # "skip": report the PostgreSQL tests as skipped instead
+URL_ENV = "AUDITLOG_TEST_POSTGRES_URL"  # a server to test against instead of a local cluster
 
 
 class PostgresUnavailable(Exception):
@@ -57,13 +62,70 @@ def _free_port() -> int:
         return port
 
 
+def with_database(url: str, database: str, password: str | None = None) -> str:
+    "``url`` naming another database (and, if given, a password)."
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:{urllib.parse.quote(password)}@{host}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, path="/" + database))
+
+
+class PostgresServer:
+    "What the tests need of a server: URLs, connections and fresh databases."
+
+    base_url: str
+    _prefix = "t"
+    _created: list[str]
+
+    def url(self, database: str = "postgres", password: str | None = None) -> str:
+        return with_database(self.base_url, database, password)
+
+    def connect(self, database: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(self.url(database), autocommit=True)
+
+    def new_database(self) -> str:
+        "A fresh, empty database; returns its URL."
+        name = f"{self._prefix}_{len(self._created) + 1}"
+        with self.connect() as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        self._created.append(name)
+        return self.url(name)
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class ExternalServer(PostgresServer):
+    "A server the tests did not start (``AUDITLOG_TEST_POSTGRES_URL``)."
+
+    def __init__(self, url: str) -> None:
+        self.base_url = url
+        self._prefix = f"auditlog_test_{os.getpid()}"
+        self._created = []
+        try:
+            self.connect(urllib.parse.urlsplit(url).path.lstrip("/") or "postgres").close()
+        except psycopg.Error as exc:
+            raise PostgresUnavailable(f"cannot connect to {URL_ENV}: {exc}") from exc
+
+    def stop(self) -> None:
+        with psycopg.connect(self.base_url, autocommit=True) as conn:
+            for name in self._created:
+                conn.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
 @dataclass
-class PostgresCluster:
+class PostgresCluster(PostgresServer):
     root: Path
     bindir: Path
     port: int
     _run_as: list[str] = field(default_factory=list)
-    _databases: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _created: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:  # type: ignore[override]
+        return f"postgresql://postgres@/postgres?host={self.socket_dir}&port={self.port}"
 
     @property
     def data(self) -> Path:
@@ -73,24 +135,15 @@ class PostgresCluster:
     def socket_dir(self) -> Path:
         return self.root
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@/{database}?host={self.socket_dir}&port={self.port}"
-
-    def connect(self, database: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
-        return psycopg.connect(self.url(database), autocommit=True)
-
-    def new_database(self, prefix: str = "t") -> str:
-        "A fresh, empty database; returns its URL."
-        name = f"{prefix}_{next(self._databases)}"
-        with self.connect() as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        return self.url(name)
-
     @classmethod
-    def start(cls) -> PostgresCluster:
-        """initdb and start a cluster. :raises PostgresUnavailable:"""
+    def start(cls, *, parent: Path | None = None, durable: bool = False) -> PostgresCluster:
+        """initdb and start a cluster in a new directory under ``parent`` (default: the
+        system's temporary directory; the ``postgres`` user must be able to reach it).
+
+        ``durable=False`` (tests) turns fsync off; ``durable=True`` (benchmarks) keeps
+        PostgreSQL's defaults. :raises PostgresUnavailable:"""
         bindir = find_bindir()
-        root = Path(tempfile.mkdtemp(prefix="auditlog-pg-"))
+        root = Path(tempfile.mkdtemp(prefix="auditlog-pg-", dir=parent))
         run_as: list[str] = []
         if os.geteuid() == 0:
             try:
@@ -110,9 +163,10 @@ class PostgresCluster:
             )  # fmt: skip
             options = (
                 f"-p {cluster.port} -k {cluster.socket_dir} -c listen_addresses=''"
-                " -c fsync=off -c full_page_writes=off -c max_connections=300"
-                " -c shared_buffers=64MB"
+                " -c max_connections=300"
             )
+            if not durable:
+                options += " -c fsync=off -c full_page_writes=off -c shared_buffers=64MB"
             cluster._run(
                 "pg_ctl", "-D", str(cluster.data), "-o", options,
                 "-l", str(cluster.root / "server.log"), "-w", "-t", "60", "start",

@@ -48,6 +48,7 @@ from audit_service.storage.postgres_schema import (
     SWEEP_LOCK,
     fold_sql,
     migrate,
+    unicode_fold_sql,
 )
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,13 @@ def redacted(url: str) -> str:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         return "postgresql://(unparsable URL)"
-    host = params.get("host", "") or "(default host)"
-    port = f":{params['port']}" if params.get("port") else ""
     user = f"{params['user']}@" if params.get("user") else ""
-    return f"postgresql://{user}{host}{port}/{params.get('dbname', '')}"
+    host, port = str(params.get("host") or ""), str(params.get("port") or "")
+    if host.startswith("/"):  # a Unix socket directory
+        query = f"?host={host}" + (f"&port={port}" if port else "")
+        return f"postgresql://{user}/{params.get('dbname', '')}{query}"
+    where = (host or "(default host)") + (f":{port}" if port else "")
+    return f"postgresql://{user}{where}/{params.get('dbname', '')}"
 
 
 def _json_number(text: str) -> int | float:
@@ -567,17 +571,30 @@ class PostgresStorage:
             return f"{column} {negate}IN ({marks})", [*column_args, *values]
         if op is Op.CONTAINS:
             folded = fold_sql(column, self._fold_collation)
-            pattern = fold_sql("%s", self._fold_collation)
-            template = f"{folded} LIKE '%%' || {pattern} || '%%'"
-            args: list[Any] = [_like_escape(str(v)) for v in values]
+            parts = []
+            args: list[Any] = []
+            for value in values:
+                needle = str(value)
+                if needle.isascii():  # folded here: a constant pattern the planner can use
+                    parts.append(f"{folded} LIKE %s")
+                    args.append("%" + _like_escape(needle.lower()) + "%")
+                else:
+                    pattern = unicode_fold_sql("%s", self._fold_collation)
+                    parts.append(f"{folded} LIKE '%%' || {pattern} || '%%'")
+                    args.append(_like_escape(needle))
         elif op is Op.STARTS_WITH:
-            template = f"{column} LIKE %s"
+            parts = [f"{column} LIKE %s" for _ in values]
             args = [_like_escape(str(v)) + "%" for v in values]
         else:
-            template = f"{column} {_SQL_OPS[op]} %s"
+            parts = [f"{column} {_SQL_OPS[op]} %s" for _ in values]
             args = list(values)
-        params = [p for arg in args for p in (*column_args, arg)]
-        return "(" + " OR ".join([template] * len(args)) + ")", params
+        # The column expression comes first in each part, as often as it appears there.
+        params = [
+            p
+            for part, arg in zip(parts, args, strict=True)
+            for p in (*list(column_args) * part.count(column), arg)
+        ]
+        return "(" + " OR ".join(parts) + ")", params
 
     def _nul_rule_sql(
         self, column: str, op: Op, values: tuple[str | int, ...], column_args: Sequence[Any]

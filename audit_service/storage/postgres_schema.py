@@ -112,14 +112,24 @@ _FOLD_FROM = "".join(a for a, _ in _FOLD_PAIRS)
 _FOLD_TO = "".join(b for _, b in _FOLD_PAIRS)
 
 
-def fold_sql(expression: str, collation: str) -> str:
+def unicode_fold_sql(expression: str, collation: str) -> str:
     """SQL that case-folds ``expression`` the way CONTAINS compares: lower() under a Unicode
-    collation, then the extra foldings of Python's str.casefold() (see ``_FOLD_PAIRS``).
-    The trigram index on ``error`` is built on exactly this expression."""
+    collation, then the extra foldings of Python's str.casefold() (see ``_FOLD_PAIRS``)."""
     quoted = '"' + collation.replace('"', '""') + '"'
     return (
-        f"replace(translate(lower(({expression}) COLLATE {quoted}),"
-        f" '{_FOLD_FROM}', '{_FOLD_TO}'), '\u00df', 'ss')"
+        f"(replace(translate(lower(({expression}) COLLATE {quoted}),"
+        f""" '{_FOLD_FROM}', '{_FOLD_TO}'), '\u00df', 'ss') COLLATE "C")"""
+    )
+
+
+def fold_sql(expression: str, collation: str) -> str:
+    """``unicode_fold_sql``, with a fast path for ASCII-only text (one byte per character),
+    where case folding is ASCII's lower(). The trigram index on ``error`` is built on exactly
+    this expression. ``expression`` appears in it several times."""
+    return (
+        f"CASE WHEN octet_length({expression}) = char_length({expression})"
+        f' THEN lower(({expression}) COLLATE "C")'
+        f" ELSE {unicode_fold_sql(expression, collation)} END"
     )
 
 

@@ -3,6 +3,7 @@
 The PostgreSQL cluster is started once per session (``tests.postgres_cluster``); each test
 gets a database of its own. Without PostgreSQL's programs the PostgreSQL tests fail with a
 message saying what is missing, unless AUDITLOG_TEST_POSTGRES=skip asks to skip them.
+AUDITLOG_TEST_POSTGRES_URL runs them against another server instead.
 """
 
 from __future__ import annotations
@@ -14,17 +15,26 @@ from pathlib import Path
 import pytest
 
 from audit_service.storage import Storage, open_storage
-from tests.postgres_cluster import SKIP_ENV, PostgresCluster, PostgresUnavailable
+from tests.postgres_cluster import (
+    SKIP_ENV,
+    URL_ENV,
+    ExternalServer,
+    PostgresCluster,
+    PostgresServer,
+    PostgresUnavailable,
+)
 
 BACKENDS = ("sqlite", "postgres")
 OpenDb = Callable[[], str]
 
 
 @pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    "A real PostgreSQL server for the whole session, on a Unix socket in a temp dir."
+def postgres_cluster() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the whole session, on a Unix socket in a temp dir (or the
+    server AUDITLOG_TEST_POSTGRES_URL names)."""
     try:
-        cluster = PostgresCluster.start()
+        url = os.environ.get(URL_ENV)
+        cluster: PostgresServer = ExternalServer(url) if url else PostgresCluster.start()
     except PostgresUnavailable as exc:
         if os.environ.get(SKIP_ENV, "").lower() == "skip":
             pytest.skip(f"PostgreSQL unavailable ({SKIP_ENV}=skip): {exc}")
@@ -45,7 +55,7 @@ def db(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     "The --db value of a fresh database of this test's backend: a file path or a URL."
     if backend == "sqlite":
         return str(tmp_path / "audit.db")
-    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    cluster: PostgresServer = request.getfixturevalue("postgres_cluster")
     return cluster.new_database()
 
 
@@ -70,6 +80,6 @@ def storage(open_db: Callable[[], Storage]) -> Storage:
 
 
 @pytest.fixture
-def pg_url(postgres_cluster: PostgresCluster) -> str:
+def pg_url(postgres_cluster: PostgresServer) -> str:
     "A fresh PostgreSQL database (for the tests that only PostgreSQL has)."
     return postgres_cluster.new_database()

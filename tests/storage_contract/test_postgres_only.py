@@ -18,7 +18,7 @@ from audit_service.retention import RetentionPolicy, sweep
 from audit_service.storage.postgres import PostgresStorage, month_start, partition_name
 from audit_service.storage.postgres_schema import SWEEP_LOCK
 from audit_service.writer import GroupCommitWriter
-from tests.postgres_cluster import PostgresCluster
+from tests.postgres_cluster import PostgresServer
 from tests.storage_contract.test_storage_contract import DAY, NOW, new_event
 
 
@@ -186,9 +186,9 @@ def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
 
 
 def test_a_database_that_cannot_be_reached_is_a_startup_error(
-    postgres_cluster: PostgresCluster,
+    postgres_cluster: PostgresServer,
 ) -> None:
-    url = f"postgresql://postgres:hunter2@/no_such_db?host={postgres_cluster.socket_dir}&port={postgres_cluster.port}"
+    url = postgres_cluster.url("no_such_db", password="hunter2")
     started = time.monotonic()
     with pytest.raises(StartupError) as caught:
         create_server(Settings(dev=True, listen="127.0.0.1:0", db=url))

@@ -5,10 +5,11 @@ only one replica sweeps at a time."""
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -174,6 +175,34 @@ def _ts(ns: int) -> Timestamp:
     return ts
 
 
+def _follow(replica: ServerProcess) -> tuple[list[str], threading.Thread]:
+    "Collect the replica's output lines as they come (its log goes there too)."
+    lines: list[str] = []
+    stdout = replica.process.stdout
+    assert stdout is not None
+
+    def pump() -> None:
+        lines.extend(stdout)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    return lines, reader
+
+
+def _wait_for(condition: Callable[[], bool], what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def _has_line(lines: list[str], text: str) -> bool:
+    return any(text in line for line in lines)
+
+
+SKIPPED = "retention sweep skipped: another process sharing the database is sweeping"
+
+
 def test_every_replica_schedules_sweeps_but_one_sweeps_at_a_time(pg_url: str) -> None:
     # Events already past retention, written straight to storage (Record would refuse them).
     storage = PostgresStorage(pg_url)
@@ -187,26 +216,31 @@ def test_every_replica_schedules_sweeps_but_one_sweeps_at_a_time(pg_url: str) ->
     holder = psycopg.connect(pg_url, autocommit=True)  # a sweep in progress, as far as they know
     holder.execute("SELECT pg_advisory_lock(%s)", [SWEEP_LOCK])
     replicas: list[ServerProcess] = []
+    followed: list[tuple[list[str], threading.Thread]] = []
     try:
         with ThreadPoolExecutor(2) as pool:
             replicas = list(
                 pool.map(lambda _: _spawn(pg_url, "--retention-interval-minutes", "0.005"), "ab")
             )
-        time.sleep(1.5)  # several sweeps are due on each meanwhile
+        followed = [_follow(replica) for replica in replicas]
+        for lines, _ in followed:
+            _wait_for(
+                functools.partial(_has_line, lines, SKIPPED), "a replica did not try to sweep"
+            )
         assert len(_ids(replicas[0].endpoint)) == 6, "no replica swept while the lock was held"
         holder.execute("SELECT pg_advisory_unlock(%s)", [SWEEP_LOCK])
-        deadline = time.monotonic() + 15
-        while len(_ids(replicas[1].endpoint)) != 1:
-            assert time.monotonic() < deadline, "no replica swept once the lock was free"
-            time.sleep(0.1)
+        _wait_for(
+            lambda: len(_ids(replicas[1].endpoint)) == 1, "no replica swept once the lock was free"
+        )
+        time.sleep(1)  # more sweeps on both: they find nothing left
     finally:
         holder.close()
-        outputs = [replica.stop()[1] for replica in replicas]
-    for output in outputs:
-        assert "retention sweep skipped: another process sharing the database is sweeping" in (
-            output
-        )
-    removed = [
-        line for output in outputs for line in output.splitlines() if "removed 5 events" in line
-    ]
+        for replica in replicas:
+            replica.process.terminate()
+        for replica, (_, reader) in zip(replicas, followed, strict=False):
+            replica.process.wait(30)
+            reader.join(10)
+            assert replica.process.stdout is not None
+            replica.process.stdout.close()
+    removed = [line for lines, _ in followed for line in lines if "removed 5 events" in line]
     assert len(removed) == 1, "the expired events were swept by exactly one replica"
