@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import struct_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clients import AuditClient, RetryPolicy, pb
 from collectors.runtime import (
@@ -33,6 +36,7 @@ from collectors.runtime.delivery import Backoff
 from collectors.runtime.files import LineFollower, Position
 from collectors.runtime.limits import OMITTED_KEY, fit_event
 from collectors.runtime.options import Option, OptionError, add_options, resolve
+from collectors.runtime.snapshots import NotASnapshot, encode_struct
 from collectors.runtime.spool import SpoolError
 from tests.collector_helpers import wait_until
 from tests.helpers import TestServer, Token, event, list_all, start_server, write_tokens_file
@@ -585,3 +589,42 @@ def test_follower_starts_over_on_a_file_truncated_in_place(tmp_path: Path) -> No
     path.write_text("three\n")  # copy-truncate, then a new line
     assert take(follower) == [b"three"]
     follower.close()
+
+
+# -- snapshots as Struct bytes -------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=6))
+def test_encode_struct_matches_struct_update(obj: dict[str, Any]) -> None:
+    expected = struct_pb2.Struct()
+    expected.update(obj)
+    encoded = struct_pb2.Struct()
+    encoded.MergeFromString(encode_struct(obj))
+    assert encoded == expected
+
+
+def test_encode_struct_refuses_what_the_service_would() -> None:
+    from audit_service.validation import depth
+
+    nested: dict[str, Any] = {"leaf": [1]}
+    while depth(nested) < 32:
+        nested = {"x": nested}
+    assert depth(nested) == 32
+    encode_struct(nested)  # the deepest the service takes
+    with pytest.raises(NotASnapshot, match="deeper than 32"):
+        encode_struct({"x": nested})
+    with pytest.raises(NotASnapshot, match="set"):
+        encode_struct({"x": {1, 2}})

@@ -37,7 +37,8 @@ def spool(tmp_path: Path) -> Iterator[Spool]:
 
 def resolve(spool: Spool, raw: dict[str, Any], **config: Any) -> pb.AuditEvent:
     with spool.transaction() as tx:
-        return history.resolve(tx, mapped(raw, **config))
+        [event] = history.resolve_all(tx, [mapped(raw, **config)])
+        return event
 
 
 @pytest.mark.parametrize(

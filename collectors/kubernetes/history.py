@@ -9,12 +9,14 @@ resourceVersion beside it, so that
   neither gets the newer object as its ``before`` nor replaces it;
 - a DELETE's ``before`` is the object as last seen, its ``after`` absent (the diff empties it).
 
-Stored compressed, already cleaned and redacted (no Secret value ever reaches the disk).
+Objects are stored as serialized ``google.protobuf.Struct``, already cleaned and redacted (no
+Secret value ever reaches the disk). A batch is resolved with one read of the state it needs
+and one write of what changed, inside the transaction that spools its events.
 """
 
 from __future__ import annotations
 
-import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from clients import pb
@@ -33,16 +35,12 @@ class Seen:
 
     def encode(self) -> bytes:
         version = "" if self.resource_version is None else str(self.resource_version)
-        return f"{self.uid}\n{version}\n".encode() + zlib.compress(self.snapshot, 1)
+        return f"{self.uid}\n{version}\n".encode() + self.snapshot
 
     @classmethod
     def decode(cls, data: bytes) -> Seen:
-        uid, version, packed = data.split(b"\n", 2)
-        return cls(
-            uid.decode(),
-            int(version) if version else None,
-            zlib.decompress(packed),
-        )
+        uid, version, snapshot = data.split(b"\n", 2)
+        return cls(uid.decode(), int(version) if version else None, snapshot)
 
 
 def _older(new: int | None, seen: int | None) -> bool:
@@ -54,40 +52,70 @@ def _same_object(mapped: Mapped, seen: Seen) -> bool:
     return not mapped.uid or not seen.uid or mapped.uid == seen.uid
 
 
-def resolve(tx: SpoolTransaction, mapped: Mapped) -> pb.AuditEvent:
-    """``mapped.event`` with its snapshots, the last-seen object updated; fitted under the
-    service's limits."""
-    event = mapped.event
-    key = mapped.object_key
-    if mapped.failed or mapped.operation == "READ":
-        return fit_event(event)
-    if key is None:  # not one object (deletecollection)
-        return fit_event(event)
-    raw = tx.get_state(SCOPE, key)
-    seen = Seen.decode(raw) if raw is not None else None
-    if mapped.operation == "DELETE":
-        if seen is not None and _same_object(mapped, seen):
-            event.before.ParseFromString(seen.snapshot)
-        elif mapped.after is not None:
-            event.before.update(mapped.after)
-        if seen is not None:
-            tx.delete_state(SCOPE, key)
-        return fit_event(event)
-    if mapped.after is None:
-        return fit_event(event)  # no object in the event (Metadata level): no snapshots
-    event.after.update(mapped.after)
-    if seen is not None and _same_object(mapped, seen):
-        if _older(mapped.resource_version, seen.resource_version):
-            # A newer object was seen already (keep it); this change's before is unknown.
-            if mapped.operation == "UPDATE":
-                event.ClearField("after")
-                event.context[OMITTED_KEY] = "arrived after a newer change to the object"
+class History:
+    "The objects seen, read for one batch and written back with it."
+
+    def __init__(self, tx: SpoolTransaction, batch: Sequence[Mapped]) -> None:
+        self._tx = tx
+        keys = [m.object_key for m in batch if m.object_key is not None and not m.failed]
+        self._seen: dict[str, Seen | None] = {
+            key: Seen.decode(value) for key, value in tx.get_states(SCOPE, keys).items()
+        }
+        self._changed: dict[str, Seen | None] = {}
+
+    def _get(self, key: str) -> Seen | None:
+        return self._seen.get(key)
+
+    def _put(self, key: str, seen: Seen | None) -> None:
+        self._seen[key] = seen
+        self._changed[key] = seen
+
+    def resolve(self, mapped: Mapped) -> pb.AuditEvent:
+        """``mapped.event`` with its snapshots, the last-seen object updated; fitted under the
+        service's limits."""
+        event = mapped.event
+        key = mapped.object_key
+        if mapped.failed or mapped.operation == "READ" or key is None:
+            return fit_event(event)  # a refused change, a read, or not one object
+        seen = self._get(key)
+        if mapped.operation == "DELETE":
+            if seen is not None and _same_object(mapped, seen):
+                event.before.MergeFromString(seen.snapshot)
+            elif mapped.after_struct is not None:
+                event.before.MergeFromString(mapped.after_struct)
+            if seen is not None:
+                self._put(key, None)
             return fit_event(event)
-        if mapped.operation == "UPDATE":
-            event.before.ParseFromString(seen.snapshot)
-    tx.set_state(
-        SCOPE,
-        key,
-        Seen(mapped.uid, mapped.resource_version, event.after.SerializeToString()).encode(),
-    )
-    return fit_event(event)
+        if mapped.after_struct is None:
+            return fit_event(event)  # no object in the event (Metadata level): no snapshots
+        if seen is not None and _same_object(mapped, seen):
+            if _older(mapped.resource_version, seen.resource_version):
+                # A newer object was seen already (keep it); this change's before is unknown.
+                if mapped.operation == "UPDATE":
+                    event.context[OMITTED_KEY] = "arrived after a newer change to the object"
+                    return fit_event(event)
+                event.after.MergeFromString(mapped.after_struct)
+                return fit_event(event)
+            if mapped.operation == "UPDATE":
+                event.before.MergeFromString(seen.snapshot)
+        event.after.MergeFromString(mapped.after_struct)
+        self._put(key, Seen(mapped.uid, mapped.resource_version, mapped.after_struct))
+        return fit_event(event)
+
+    def save(self) -> None:
+        "Write what changed (inside the same transaction)."
+        kept = [(k, s.encode()) for k, s in self._changed.items() if s is not None]
+        gone = [k for k, s in self._changed.items() if s is None]
+        if kept:
+            self._tx.set_states(SCOPE, kept)
+        if gone:
+            self._tx.delete_states(SCOPE, gone)
+        self._changed.clear()
+
+
+def resolve_all(tx: SpoolTransaction, batch: Sequence[Mapped]) -> list[pb.AuditEvent]:
+    "Every event of ``batch`` with its snapshots, in order; the history saved in ``tx``."
+    history = History(tx, batch)
+    events = [history.resolve(mapped) for mapped in batch]
+    history.save()
+    return events

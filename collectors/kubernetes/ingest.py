@@ -35,8 +35,8 @@ class Ingest:
             else:
                 mapped.append(result)
         with self.runtime.spool.transaction() as tx:
-            for one in mapped:
-                tx.add(history.resolve(tx, one))
+            for event in history.resolve_all(tx, mapped):
+                tx.add(event)
             if also is not None:
                 also(tx)
         for reason, count in ignored.items():

@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from clients import pb
-from collectors.runtime.limits import fits_as_snapshot
+from collectors.runtime.snapshots import NotASnapshot, encode_struct
 
 STAGES = frozenset({"ResponseComplete", "Panic"})
 WRITE_VERBS: dict[str, Literal["CREATE", "UPDATE", "DELETE"]] = {
@@ -73,6 +73,7 @@ class Mapped:
     uid: str
     resource_version: int | None
     after: dict[str, Any] | None  # the object after the change, cleaned and redacted
+    after_struct: bytes | None  # the same as a serialized google.protobuf.Struct
 
 
 class Redactor:
@@ -221,6 +222,7 @@ class Mapper:
         response = _dict(raw.get("responseObject"))
         subresource = _text(object_ref.get("subresource"))
         after: dict[str, Any] | None = None
+        after_struct: bytes | None = None
         if (
             not failed
             and operation != "READ"
@@ -232,8 +234,10 @@ class Mapper:
             strip_managed_fields(after)
             if is_secret(object_ref, after):
                 self.redactor.redact_secret(after)
-            if not fits_as_snapshot(after):
-                after = None
+            try:
+                after_struct = encode_struct(after)
+            except NotASnapshot:
+                after = after_struct = None
         namespace = _text(object_ref.get("namespace"))
         name = _text(object_ref.get("name")) or self._name_from_objects(raw)
         identifier = f"{namespace}/{name or '*'}" if namespace else (name or "*")
@@ -277,6 +281,7 @@ class Mapper:
             uid=uid,
             resource_version=resource_version(after),
             after=after,
+            after_struct=after_struct,
         )
 
     @staticmethod

@@ -47,18 +47,26 @@ def fit_event(event: pb.AuditEvent) -> pb.AuditEvent:
     (NUL characters removed); over 1 MiB serialized, the ``before`` snapshot dropped, then
     ``after`` too, with ``context.snapshots_omitted`` saying so (the event itself is kept:
     who changed what, and when, matters more than the object's content)."""
-    error = event.error.replace("\x00", "").encode()
-    if len(error) > MAX_ERROR_BYTES:
-        event.error = error[: MAX_ERROR_BYTES - 3].decode(errors="ignore") + "…"
-    elif "\x00" in event.error:
+    if event.error and (len(event.error) > MAX_ERROR_BYTES // 4 or "\x00" in event.error):
+        error = event.error.replace("\x00", "").encode()
+        if len(error) > MAX_ERROR_BYTES:
+            error = error[: MAX_ERROR_BYTES - 3].decode(errors="ignore").encode() + "…".encode()
         event.error = error.decode()
-    event.identifier = _cut(event.identifier, MAX_IDENTIFIER_CHARS)
-    event.blueprint = _cut(event.blueprint, MAX_SHORT_TEXT_CHARS)
-    event.source.id = _cut(event.source.id, MAX_SHORT_TEXT_CHARS)
-    event.source.name = _cut(event.source.name, MAX_SHORT_TEXT_CHARS)
-    for key, value in list(event.context.items()):
+    if len(event.identifier) > MAX_IDENTIFIER_CHARS or "\x00" in event.identifier:
+        event.identifier = _cut(event.identifier, MAX_IDENTIFIER_CHARS)
+    for name in ("blueprint",):
+        value = getattr(event, name)
+        if len(value) > MAX_SHORT_TEXT_CHARS or "\x00" in value:
+            setattr(event, name, _cut(value, MAX_SHORT_TEXT_CHARS))
+    source = event.source
+    if len(source.id) > MAX_SHORT_TEXT_CHARS or "\x00" in source.id:
+        source.id = _cut(source.id, MAX_SHORT_TEXT_CHARS)
+    if len(source.name) > MAX_SHORT_TEXT_CHARS or "\x00" in source.name:
+        source.name = _cut(source.name, MAX_SHORT_TEXT_CHARS)
+    context = event.context
+    for key, value in context.items():
         if len(value) > MAX_CONTEXT_VALUE_CHARS or "\x00" in value:
-            event.context[key] = _cut(value, MAX_CONTEXT_VALUE_CHARS)
+            context[key] = _cut(value, MAX_CONTEXT_VALUE_CHARS)
     size = event.ByteSize()
     if size <= MAX_EVENT_BYTES:
         return event

@@ -24,7 +24,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +141,33 @@ class SpoolTransaction:
 
     def delete_state(self, scope: str, key: str) -> None:
         self._conn.execute("DELETE FROM state WHERE scope = ? AND key = ?", (scope, key))
+
+    def get_states(self, scope: str, keys: Iterable[str]) -> dict[str, bytes]:
+        "The values of those ``keys`` that have one, in a few queries (for a whole batch)."
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, bytes] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT key, value FROM state WHERE scope = ? AND key IN ({marks})",  # noqa: S608
+                (scope, *chunk),
+            )
+            found.update((key, bytes(value)) for key, value in rows)
+        return found
+
+    def set_states(self, scope: str, items: Iterable[tuple[str, bytes | str]]) -> None:
+        "Write many values at once."
+        self._conn.executemany(
+            "INSERT INTO state (scope, key, value) VALUES (?, ?, ?)"
+            " ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value",
+            [(scope, key, v.encode() if isinstance(v, str) else v) for key, v in items],
+        )
+
+    def delete_states(self, scope: str, keys: Iterable[str]) -> None:
+        self._conn.executemany(
+            "DELETE FROM state WHERE scope = ? AND key = ?", [(scope, key) for key in keys]
+        )
 
 
 class Spool:
