@@ -1,0 +1,9 @@
+"""Benchmarks of the audit-service, run with ``scripts/bench <name> [--quick]``.
+
+One module per benchmark; each exposes ``DESCRIPTION``, ``add_arguments(parser)`` and
+``run(args) -> int``, and is listed in ``BENCHMARKS`` (see ``__main__``).
+"""
+
+BENCHMARKS = {
+    "ingest": "scripts.benchmarks.ingest",
+}
