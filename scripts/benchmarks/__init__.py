@@ -6,4 +6,6 @@ One module per benchmark; each exposes ``DESCRIPTION``, ``add_arguments(parser)`
 
 BENCHMARKS = {
     "ingest": "scripts.benchmarks.ingest",
+    "collector-kubernetes": "scripts.benchmarks.collector_kubernetes",
+    "postgres": "scripts.benchmarks.postgres",
 }
