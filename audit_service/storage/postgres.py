@@ -62,7 +62,6 @@ CONNECT_TIMEOUT_S = 15
 # How long creating or dropping a partition may wait for its lock on ``events`` (while it
 # waits, queries queue behind it); past that it gives up until the next batch or sweep.
 PARTITION_LOCK_TIMEOUT_MS = 3000
-_INSERT_CHUNK = 1000  # rows per multi-row statement (6 parameters each)
 _RETRIES = 3  # deadlocks and serialization failures abort before commit: safe to retry
 
 _EVENT_COLUMNS = (
@@ -327,35 +326,41 @@ class PostgresStorage:
 
         A key another transaction inserted and has not committed yet makes this INSERT wait;
         if that one commits, the key is not returned here (a duplicate), else it is ours."""
-        claimed: set[tuple[str, str]] = set()
         keys = sorted(first_of_key)  # one lock order for every replica: no deadlocks
-        for chunk in _chunks(keys, _INSERT_CHUNK):
-            params: list[Any] = []
-            for key in chunk:
-                event = events[first_of_key[key]]
-                params += [*key, ids[first_of_key[key]], recorded_at]
-                params += [event.resource.value, event.occurred_at]
-            values = ",".join(["(%s, %s, %s::uuid, %s, %s, %s)"] * len(chunk))
-            cur = conn.execute(
-                "INSERT INTO idempotency_keys"
-                " (recorded_by, idempotency_key, id, recorded_at, resource, occurred_at)"
-                f" VALUES {values} ON CONFLICT DO NOTHING RETURNING recorded_by, idempotency_key",
-                params,
-            )
-            claimed.update((r[0], r[1]) for r in cur.fetchall())
-        return claimed
+        if not keys:
+            return set()
+        firsts = [events[first_of_key[key]] for key in keys]
+        # Arrays as parameters: six of them whatever the batch size (a statement with a
+        # placeholder per value costs more to build than to run).
+        cur = conn.execute(
+            "INSERT INTO idempotency_keys"
+            " (recorded_by, idempotency_key, id, recorded_at, resource, occurred_at)"
+            " SELECT a, b, c, d, e, f FROM unnest(%s::text[], %s::text[], %s::uuid[], %s::bigint[],"
+            " %s::text[], %s::bigint[]) WITH ORDINALITY AS k (a, b, c, d, e, f, n)"
+            " ORDER BY n"
+            " ON CONFLICT DO NOTHING RETURNING recorded_by, idempotency_key",
+            [
+                [key[0] for key in keys],
+                [key[1] for key in keys],
+                [ids[first_of_key[key]] for key in keys],
+                [recorded_at] * len(keys),
+                [e.resource.value for e in firsts],
+                [e.occurred_at for e in firsts],
+            ],
+        )
+        return {(r[0], r[1]) for r in cur.fetchall()}
 
     def _existing_keys(
         self, conn: psycopg.Connection[Any], keys: list[tuple[str, str]]
     ) -> dict[tuple[str, str], RecordOutcome]:
         found: dict[tuple[str, str], RecordOutcome] = {}
-        for chunk in _chunks(sorted(keys), _INSERT_CHUNK):
-            values = ",".join(["(%s, %s)"] * len(chunk))
+        if keys:
             cur = conn.execute(
                 "SELECT k.recorded_by, k.idempotency_key, k.id::text, k.recorded_at"
-                f" FROM idempotency_keys k JOIN (VALUES {values}) AS w (recorded_by, key)"
+                " FROM idempotency_keys k"
+                " JOIN unnest(%s::text[], %s::text[]) AS w (recorded_by, key)"
                 " ON k.recorded_by = w.recorded_by AND k.idempotency_key = w.key",
-                [part for key in chunk for part in key],
+                [[key[0] for key in keys], [key[1] for key in keys]],
             )
             for principal, key, event_id, recorded_at in cur.fetchall():
                 found[(principal, key)] = RecordOutcome(event_id, recorded_at, duplicate=True)
@@ -675,8 +680,3 @@ def _stored_event(row: Sequence[Any], *, with_snapshots: bool) -> StoredEvent:
         before=before,
         after=after,
     )
-
-
-def _chunks(items: list[tuple[str, str]], size: int) -> Iterable[list[tuple[str, str]]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
