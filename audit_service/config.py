@@ -36,7 +36,11 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("listen", "127.0.0.1:50051", "address to serve gRPC on, HOST:PORT (PORT 0: any free)"),
-    Setting("db", "./var/audit.db", "SQLite database file (created with its directory)"),
+    Setting(
+        "db",
+        "./var/audit.db",
+        "SQLite database file (created with its directory), or a postgresql:// URL",
+    ),
     Setting("tokens", "", "tokens file (TOML) with the principals allowed to call the service"),
     Setting("config", "", "TOML file with any of these settings (keys as the flag names)"),
     Setting("dev", False, "development mode: every caller is the admin 'dev'; loopback only", bool),
