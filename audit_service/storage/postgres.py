@@ -196,13 +196,19 @@ class PostgresStorage:
             timeout=POOL_TIMEOUT_S,
             kwargs={"prepare_threshold": None, "connect_timeout": CONNECT_TIMEOUT_S},
             configure=self._configure,
+            # A connection is tried before it is handed out: after a database restart or
+            # failover, calls get fresh connections instead of the broken ones.
+            check=psycopg_pool.ConnectionPool.check_connection,
             name="auditlog",
             open=False,
         )
-        self._pool.open(wait=True, timeout=POOL_TIMEOUT_S)
-        now = time.time_ns()
-        start = month_start(now)
-        self.ensure_partitions([_ns(start), _ns(_next_month(start))])
+        try:
+            self._pool.open(wait=True, timeout=POOL_TIMEOUT_S)
+            start = month_start(time.time_ns())
+            self.ensure_partitions([_ns(start), _ns(_next_month(start))])
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            self._pool.close()
+            raise StorageError(f"cannot open PostgreSQL {self.description}: {exc}") from exc
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         # Autocommit: reads need no transaction; writes open one with conn.transaction().

@@ -185,6 +185,20 @@ def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     assert values["schema_version"] == "1"
 
 
+def test_connections_cut_by_the_server_are_replaced(pg: PostgresStorage, pg_url: str) -> None:
+    [before] = pg.insert_batch([new_event(identifier="before")])
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        cut = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert cut is not None
+    assert cut[0] >= 1  # as a restart or failover would
+    [after] = pg.insert_batch([new_event(identifier="after")])
+    assert pg.get_event(before.id) is not None
+    assert pg.get_event(after.id) is not None
+
+
 def test_a_database_that_cannot_be_reached_is_a_startup_error(
     postgres_cluster: PostgresServer,
 ) -> None:
