@@ -200,7 +200,9 @@ def time_value(text: str, utc_offset_minutes: int, now: datetime | None = None) 
                 " (2026-01-31), a local time (2026-01-31T14:00) or RFC 3339"
                 " (2026-01-31T14:00:00Z)"
             ) from None
-    return format_time(when)
+    if when.microsecond:
+        return format_time(when)
+    return format_time(when).replace(".000000", "")  # 1999-12-31T18:30:00Z reads better
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from clients import AuditClient, Event, Source
 from tests.helpers import REPO, TestServer, Token, start_server, write_tokens_file
@@ -286,7 +287,7 @@ def seed(deploy: Deployment) -> dict[str, str]:
 
 
 def wait_for_events(
-    client: AuditClient, *filters: tuple[str, str, str], count: int = 1, timeout: float = 10
+    client: AuditClient, *filters: tuple[str, str, Any], count: int = 1, timeout: float = 10
 ) -> list[Event]:
     "Poll until at least ``count`` events match (sign-in events are recorded as they happen)."
     deadline = time.monotonic() + timeout
