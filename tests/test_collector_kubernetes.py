@@ -19,6 +19,7 @@ import pytest
 
 from clients import pb
 from clients._values import struct_to_dict
+from collectors import kubernetes
 from tests.collector_helpers import (
     CollectorProcess,
     audit_event,
@@ -236,6 +237,7 @@ def test_request_received_and_response_complete_are_stored_once(rig: Rig) -> Non
     assert "managedFields" not in after["metadata"]
     stats = wait_until(lambda: (s := collector.stats())["delivered"] == 2 and s)
     assert stats["kubernetes"]["ignored_stage"] == 2
+    assert set(stats["kubernetes"]) <= set(kubernetes.COUNTERS)
     assert stats["duplicates"] == 1  # the service knew the idempotency key
     assert len(rig.stored()) == 1
 
@@ -677,5 +679,6 @@ def test_log_rotation_while_following_loses_no_line_and_duplicates_none(rig: Rig
     assert sorted(e.context["audit_id"] for e in events) == sorted(writer.audit_ids)
     stats = restarted.stats()
     assert stats["kubernetes"]["audit_log_lines"] == 100
+    assert set(stats["kubernetes"]) <= set(kubernetes.COUNTERS)
     assert "finishing a rotated file first" in restarted.logs()
     assert "audit log line is not JSON; skipped" in restarted.logs()

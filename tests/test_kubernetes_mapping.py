@@ -12,7 +12,13 @@ import pytest
 from clients import pb
 from clients._values import struct_to_dict
 from collectors.kubernetes import history
-from collectors.kubernetes.mapping import Mapped, Mapper, MappingConfig, Redactor
+from collectors.kubernetes.mapping import (
+    CONTEXT_KEYS,
+    Mapped,
+    Mapper,
+    MappingConfig,
+    Redactor,
+)
 from collectors.runtime import Spool
 from tests.collector_helpers import audit_event, config_map
 
@@ -144,6 +150,7 @@ def test_impersonation_and_context() -> None:
     assert event.context["audit_id"] == raw["auditID"]
     assert event.context["source_ips"] == "10.0.0.7"
     assert event.occurred_at.seconds > 0
+    assert set(event.context) <= set(CONTEXT_KEYS)
 
 
 def test_idempotency_key_is_stable_and_cannot_be_borrowed() -> None:

@@ -15,6 +15,19 @@ from collectors.kubernetes.ingest import Ingest
 from collectors.kubernetes.mapping import Mapper, MappingConfig, Redactor
 from collectors.runtime import Option, Plugin, Runtime, StartupError
 
+# This collector's counters in /stats (docs/kubernetes-collector.md explains each).
+COUNTERS = (
+    "mapped",
+    "ignored_stage",
+    "ignored_verb",
+    "ignored_no_object",
+    "ignored_malformed",
+    "webhook_batches",
+    "audit_log_lines",
+    "audit_log_bad_lines",
+    "audit_log_paused",
+)
+
 KEY_SCOPE = "kubernetes"
 REDACTION_KEY = "redaction-key"
 DEFAULT_MAX_BODY = 32 * 1024 * 1024

@@ -52,6 +52,20 @@ FINGERPRINT_PREFIX = "hmac-sha256:"  # the same shape as the service's SECRET fi
 FINGERPRINT_HEX_CHARS = 16
 PANIC_ERROR = "the apiserver panicked while serving the request"
 
+# Every context key an event may carry (docs/kubernetes-collector.md has the table).
+CONTEXT_KEYS = (
+    "cluster",
+    "namespace",
+    "audit_id",
+    "verb",
+    "subresource",
+    "response_code",
+    "user_agent",
+    "source_ips",
+    "impersonated_user",
+    "snapshots_omitted",
+)
+
 Operation = Literal["CREATE", "UPDATE", "DELETE", "READ"]
 
 
