@@ -682,3 +682,48 @@ def test_log_rotation_while_following_loses_no_line_and_duplicates_none(rig: Rig
     assert set(stats["kubernetes"]) <= set(kubernetes.COUNTERS)
     assert "finishing a rotated file first" in restarted.logs()
     assert "audit log line is not JSON; skipped" in restarted.logs()
+
+
+def test_a_full_spool_pauses_the_follower_and_it_resumes_without_loss(rig: Rig) -> None:
+    log_dir = rig.tmp / "apiserver"
+    log_dir.mkdir()
+    writer = AuditLogWriter(log_dir / "audit.log")
+    writer.write(300)
+    collector = rig.start_collector(  # the service is down
+        "--no-webhook",
+        "--audit-log",
+        str(writer.path),
+        "--spool-max-events",
+        "100",
+        webhook_auth=False,
+    )
+    wait_until(lambda: collector.stats()["spooled"] == 300)  # an empty spool takes a batch
+    writer.write(100)
+    stats = wait_until(lambda: (s := collector.stats())["kubernetes"].get("audit_log_paused") and s)
+    assert stats["spooled"] == 300
+    assert stats["rejected_full"] >= 100
+    rig.start_service()
+    events = rig.events(400)
+    assert sorted(e.context["audit_id"] for e in events) == sorted(writer.audit_ids)
+
+
+def test_the_service_over_tls(rig: Rig) -> None:
+    from tests.tls_certs import make_pki
+
+    (rig.tmp / "pki").mkdir()
+    pki = make_pki(rig.tmp / "pki")
+    rig.server = start_server(
+        rig.tmp / "audit.db",
+        dev=False,
+        tokens=str(rig.tokens),
+        listen=rig.endpoint,
+        tls_cert=str(pki.server_cert),
+        tls_key=str(pki.server_key),
+    )
+    rig.server.channel.close()
+    collector = rig.start_collector("--ca-file", str(pki.ca_cert))
+    body = event_list(list(create_config_map_events(3, "tls")))
+    assert collector.post(body, WEBHOOK_TOKEN).status == 200
+    stats = wait_until(lambda: (s := collector.stats())["delivered"] == 3 and s)
+    assert stats["service"]["reachable"] is True
+    assert "plaintext" not in collector.logs()
