@@ -59,7 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     where = describe(settings.db) if is_postgres_url(settings.db) else settings.db_path.resolve()
     log.info("database %s (durability %s)", where, settings.durability)
-    print(f"audit-service listening on {host}:{service.port}", flush=True)
+    # One write: print() writes the text and its newline separately when unbuffered
+    # (PYTHONUNBUFFERED), and a log line from another thread could land in between.
+    sys.stdout.write(f"audit-service listening on {host}:{service.port}\n")
+    sys.stdout.flush()
     while not stop_requested:
         time.sleep(0.1)
     service.stop(settings.grace_seconds)
