@@ -2,6 +2,9 @@
 ``audit.k8s.io/v1`` EventLists (as kube-apiserver's webhook backend sends them) until the
 audit-service has acknowledged every event.
 
+Then, as the ceiling the service sets, the same events (mapped beforehand in this process)
+go to a fresh service over one RecordStream, without the collector.
+
 The service and the collector run as child processes (``--dev`` service, FULL durability;
 collector with its default spool durability, FULL, and default batching); the sender is
 this process, with keep-alive connections. Each object is created and then patched, so half
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -63,7 +67,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the service database and the spool go (default: a temporary directory)",
     )
     parser.add_argument(
+        "--level",
+        choices=("RequestResponse", "Metadata"),
+        default="RequestResponse",
+        help="audit level of the events: RequestResponse carries the objects (snapshots and"
+        " diffs), Metadata only who did what (default RequestResponse)",
+    )
+    parser.add_argument(
         "--no-verify", action="store_true", help="skip counting the events in the service"
+    )
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the second measurement: the same events sent to a fresh service directly",
     )
 
 
@@ -133,7 +149,7 @@ def deployment(name: str, uid: str, version: int, replicas: int, image: str) -> 
     }
 
 
-def audit_item(verb: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
+def audit_item(verb: str, name: str, obj: dict[str, Any], level: str) -> dict[str, Any]:
     now = stamp()
     uri = "/apis/apps/v1/namespaces/payments/deployments"
     ref: dict[str, Any] = {"resource": "deployments", "namespace": "payments"}
@@ -141,8 +157,8 @@ def audit_item(verb: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
         uri += f"/{name}"
         ref["name"] = name
     ref.update(apiGroup="apps", apiVersion="v1")
-    return {
-        "level": "RequestResponse",
+    item: dict[str, Any] = {
+        "level": level,
         "auditID": str(uuid.uuid4()),
         "stage": "ResponseComplete",
         "requestURI": uri,
@@ -152,28 +168,38 @@ def audit_item(verb: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
         "userAgent": "kubectl/v1.29.3 (linux/amd64) kubernetes/6813625",
         "objectRef": ref,
         "responseStatus": {"metadata": {}, "code": 201 if verb == "create" else 200},
-        "responseObject": obj,
-        "requestReceivedTimestamp": now,
-        "stageTimestamp": now,
-        "annotations": {"authorization.k8s.io/decision": "allow"},
     }
+    if level == "RequestResponse":
+        item["responseObject"] = obj
+    item.update(
+        requestReceivedTimestamp=now,
+        stageTimestamp=now,
+        annotations={"authorization.k8s.io/decision": "allow"},
+    )
+    return item
 
 
-def bodies(events: int, run: str) -> list[bytes]:
+def bodies(events: int, run: str, level: str = "RequestResponse") -> list[bytes]:
     "EventList bodies of 400: each object created, then patched in a later batch."
     items: list[dict[str, Any]] = []
     objects = events // 2
+    uids = [str(uuid.uuid4()) for _ in range(objects)]
     for i in range(objects):
-        name, uid = f"svc-{run}-{i:06d}", str(uuid.uuid4())
-        items.append(audit_item("create", name, deployment(name, uid, 100, 2, "app:1.0")))
+        name = f"svc-{run}-{i:06d}"
+        obj = deployment(name, uids[i], 100, 2, "app:1.0")
+        items.append(audit_item("create", name, obj, level))
     for i in range(events - objects):
         name = f"svc-{run}-{i % objects:06d}"
-        uid = items[i % objects]["responseObject"]["metadata"]["uid"]
-        items.append(audit_item("patch", name, deployment(name, uid, 101, 4, "app:1.1")))
+        obj = deployment(name, uids[i % objects], 101, 4, "app:1.1")
+        items.append(audit_item("patch", name, obj, level))
     out = []
     for start in range(0, len(items), BATCH):
-        body = {"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}}
-        body["items"] = items[start : start + BATCH]
+        body: dict[str, Any] = {
+            "kind": "EventList",
+            "apiVersion": "audit.k8s.io/v1",
+            "metadata": {},
+            "items": items[start : start + BATCH],
+        }
         out.append(json.dumps(body, separators=(",", ":")).encode())
     return out
 
@@ -222,15 +248,15 @@ def run(args: argparse.Namespace) -> int:
         for line in machine_lines(tmp):
             print(line)
         run_id = uuid.uuid4().hex[:6]
-        warmup = bodies(BATCH, run_id + "w")
-        payload = bodies(events, run_id)
+        warmup = bodies(BATCH, run_id + "w", args.level)
+        payload = bodies(events, run_id, args.level)
         size = sum(len(b) for b in payload) / events
         print(
-            f"events: {events:,} in {len(payload)} EventList POSTs of {BATCH}"
-            f" ({size:,.0f} bytes of JSON per event; half creates, half patches of"
-            f" ~1.5 KB Deployments); {args.senders} sender connection(s)",
-            flush=True,
+            f"events: {events:,} in {len(payload)} EventList POSTs of {BATCH}, level"
+            f" {args.level} ({size:,.0f} bytes of JSON per event; half creates, half patches"
+            f" of ~1.5 KB Deployments); {args.senders} sender connection(s)"
         )
+        print(f"load average before: {load()}", flush=True)
         with ChildServer(audit_service_argv(tmp / "audit.db"), tmp / "service.log") as service:
             collector_argv = [
                 sys.executable,
@@ -248,7 +274,54 @@ def run(args: argparse.Namespace) -> int:
             ]
             with ChildServer(collector_argv, tmp / "collector.log") as collector:
                 port = int(collector.endpoint.rsplit(":", 1)[1])
-                return measure(service, collector, port, warmup, payload, events, args)
+                status = measure(service, collector, port, warmup, payload, events, args)
+        if not args.no_baseline:
+            baseline(tmp, payload, events)
+        print(f"load average after: {load()}")
+        return status
+
+
+def baseline(tmp: Path, payload: Sequence[bytes], events: int) -> None:
+    """The ceiling the service sets: the same events, mapped in this process beforehand, sent
+    to a fresh service over one RecordStream (500 per batch, 4 in flight)."""
+    from clients import pb
+    from collectors.kubernetes import history
+    from collectors.kubernetes.mapping import Mapped, Mapper, MappingConfig, Redactor
+    from collectors.runtime import Spool
+
+    mapper = Mapper(MappingConfig(), Redactor(b"benchmark-key-0123456789abcdef01"))
+    messages: list[pb.AuditEvent] = []
+    with Spool(tmp / "baseline-spool.db") as spool:
+        for body in payload:
+            items = json.loads(body)["items"]
+            mapped = [m for m in map(mapper.map, items) if isinstance(m, Mapped)]
+            with spool.transaction() as tx:
+                messages.extend(history.resolve_all(tx, mapped))
+    argv = audit_service_argv(tmp / "baseline.db")
+    with (
+        ChildServer(argv, tmp / "baseline-service.log") as service,
+        AuditClient(service.endpoint) as client,
+    ):
+        cpu = process_cpu_seconds(service.process.pid)
+        started = time.perf_counter()
+        results = client.record_many(messages, window=4)
+        elapsed = time.perf_counter() - started
+        after = process_cpu_seconds(service.process.pid)
+    stored = sum(1 for r in results if r.error is None)
+    busy = "?" if cpu is None or after is None else f"{(after - cpu) / elapsed:.2f}"
+    print(
+        f"the service alone, same events (mapped beforehand, one RecordStream, 500 per batch,"
+        f" 4 in flight): {rate(stored / elapsed)} events/s  ({stored:,} events in"
+        f" {elapsed:.2f} s; service CPU cores busy {busy})"
+    )
+
+
+def load() -> str:
+    "The 1, 5 and 15 minute load averages: other work on the machine skews every figure."
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def measure(
