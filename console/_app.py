@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 SWEEP_SECONDS = 30.0
+# What the sign-in page may say when sent there (fixed texts: a link cannot put words there).
+NOTES = {
+    "signed-out": "Signed out.",
+    "revoked": "The service no longer accepts your token; sign in again.",
+}
 SECURITY_HEADERS = [
     (
         b"content-security-policy",
@@ -171,7 +176,8 @@ class Console:
             await self._end_expired(expired)
         return live
 
-    def _sign_in_csrf(self, nonce: str) -> str:
+    def sign_in_csrf(self, nonce: str) -> str:
+        "The sign-in form's CSRF token: bound to the nonce in the sign-in cookie."
         return hmac.new(self._secret, nonce.encode(), hashlib.sha256).hexdigest()
 
     def set_cookie(self, response: Response, name: str, value: str, max_age: int | None) -> None:
@@ -267,7 +273,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
             if _wants_json(request):
                 return JSONResponse({"error": "the service no longer accepts your token"}, 401)
             response = RedirectResponse(
-                "/sign-in?" + urlencode({"note": "The service no longer accepts your token."}),
+                "/sign-in?note=revoked",
                 status_code=303,
             )
             console.clear_cookie(response, console.session_cookie)
@@ -328,12 +334,13 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         nxt = _safe_next(request.query_params.get("next"))
         if session is not None:
             return RedirectResponse(nxt, status_code=303)
-        return sign_in_page(request, nxt, request.query_params.get("note", "")[:200], 200)
+        note = NOTES.get(request.query_params.get("note", ""), "")
+        return sign_in_page(request, nxt, note, 200)
 
     def sign_in_page(request: Request, nxt: str, error: str, status: int) -> Response:
         nonce = request.cookies.get(console.sign_in_cookie) or secrets.token_urlsafe(32)
         response = console.html(
-            "sign_in.html", status, next=nxt, error=error, csrf=console._sign_in_csrf(nonce)
+            "sign_in.html", status, next=nxt, error=error, csrf=console.sign_in_csrf(nonce)
         )
         console.set_cookie(response, console.sign_in_cookie, nonce, 3600)
         return response
@@ -346,7 +353,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         if (
             not _same_origin(request)
             or not nonce
-            or not hmac.compare_digest(presented, console._sign_in_csrf(nonce))
+            or not hmac.compare_digest(presented, console.sign_in_csrf(nonce))
         ):
             return PlainTextResponse("CSRF check failed: reload the sign-in page", 403)
         peer = _peer(request)
@@ -401,9 +408,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         console.sessions.pop(session.id)
         await console.audit.signed_out(session, request.headers.get("user-agent", ""))
         await session.client.close()
-        response = RedirectResponse(
-            "/sign-in?" + urlencode({"note": "Signed out."}), status_code=303
-        )
+        response = RedirectResponse("/sign-in?note=signed-out", status_code=303)
         console.clear_cookie(response, console.session_cookie)
         return response
 

@@ -280,7 +280,8 @@ def test_state_changing_requests_need_the_csrf_token(deploy: Deployment) -> None
         # Sign-in is protected too: no form token, a wrong one, or none of our cookie.
         assert http.post("/sign-in", data={"token": ADMIN.value}).status_code == 403
         csrf = sign_in_csrf(http)
-        bad = http.post("/sign-in", data={"token": ADMIN.value, "csrf": csrf[:-1] + "0"})
+        tampered = csrf[:-1] + ("1" if csrf.endswith("0") else "0")
+        bad = http.post("/sign-in", data={"token": ADMIN.value, "csrf": tampered})
         assert bad.status_code == 403
         http.cookies.clear()
         assert http.post("/sign-in", data={"token": ADMIN.value, "csrf": csrf}).status_code == 403
