@@ -300,7 +300,7 @@ def endpoint() -> Iterator[HttpEndpoint]:
         return Response.json(200, {"bytes": len(request.body), "query": request.query})
 
     def full(_request: Request) -> Response:
-        raise SpoolFull(10, 100, 1)
+        raise SpoolFull(10, 100, 10, 1000)
 
     def broken(_request: Request) -> Response:
         raise RuntimeError("bug")

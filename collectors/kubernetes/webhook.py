@@ -12,7 +12,7 @@ import json
 from http import HTTPStatus
 
 from collectors.kubernetes.ingest import Ingest
-from collectors.runtime import Request, Response, SpoolFull
+from collectors.runtime import Request, Response
 
 PATH = "/audit"
 API_VERSION = "audit.k8s.io/v1"
@@ -23,9 +23,6 @@ class WebhookReceiver:
         self.ingest = ingest
 
     def __call__(self, request: Request) -> Response:
-        spool = self.ingest.runtime.spool
-        if not spool.has_room():
-            raise SpoolFull(spool.pending, spool.pending_bytes, 1)
         try:
             body = json.loads(request.body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -34,6 +31,7 @@ class WebhookReceiver:
         if problem:
             return Response.error(HTTPStatus.BAD_REQUEST, problem)
         items = body.get("items") or []
+        self.ingest.runtime.spool.ensure_room(len(items))  # before mapping them
         spooled = self.ingest(items)
         self.ingest.runtime.count("webhook_batches")
         return Response.json(HTTPStatus.OK, {"events": len(items), "spooled": spooled})

@@ -26,6 +26,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,30 @@ DEFAULT_MAX_BODY = 1024 * 1024
 SPOOL_FULL_RETRY_AFTER = 5  # seconds
 STOPPING_RETRY_AFTER = 2
 READ_TIMEOUT = 60.0  # seconds a connection may sit idle or send its request
+
+
+class _Throttle:
+    "Lets a repeated log line through at most once per ``interval`` seconds, with a count."
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._held = 0
+
+    def allow(self) -> int | None:
+        "None: hold this one back; else how many were held back since the last one let through."
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                self._held += 1
+                return None
+            held, self._held = self._held, 0
+            self._next = now + self.interval
+            return held
+
+
+_refusals = _Throttle()
 
 
 class StartupError(Exception):
@@ -420,12 +445,15 @@ def _handler_class(endpoint: HttpEndpoint) -> type[BaseHTTPRequestHandler]:
                 client_certificate=certificate,
             )
             if route.auth and not any(a.check(request) for a in route.auth):
-                log.warning(
-                    "request refused: not authenticated",
-                    client=request.client,
-                    path=request.path,
-                    accepts=", ".join(a.description for a in route.auth),
-                )
+                held = _refusals.allow()
+                if held is not None:  # a flood of bad requests must not flood the log
+                    log.warning(
+                        "request refused: not authenticated",
+                        client=request.client,
+                        path=request.path,
+                        accepts=", ".join(a.description for a in route.auth),
+                        not_logged_before=held,
+                    )
                 self.close_connection = True
                 return Response.error(
                     HTTPStatus.UNAUTHORIZED,

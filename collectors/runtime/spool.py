@@ -70,10 +70,10 @@ class SpoolError(Exception):
 class SpoolFull(Exception):
     "The spool is at its cap: refuse (HTTP 503) or pause, and try again once delivery caught up."
 
-    def __init__(self, pending: int, pending_bytes: int, adding: int) -> None:
+    def __init__(self, pending: int, pending_bytes: int, max_events: int, max_bytes: int) -> None:
         super().__init__(
-            f"spool full: {pending} events ({pending_bytes} bytes) waiting for delivery;"
-            f" {adding} more would pass the cap"
+            f"spool full: {pending} events ({pending_bytes} bytes) wait for delivery; the cap"
+            f" is {max_events} events or {max_bytes} bytes"
         )
         self.pending = pending
         self.pending_bytes = pending_bytes
@@ -278,7 +278,15 @@ class Spool:
             return
         if self._count + events > self.max_events or self._bytes + nbytes > self.max_bytes:
             self._stats.add("rejected_full", events)
-            raise SpoolFull(self._count, self._bytes, events)
+            raise SpoolFull(self._count, self._bytes, self.max_events, self.max_bytes)
+
+    def ensure_room(self, events: int, nbytes: int = 0) -> None:
+        """A cheap early refusal, before the work of mapping ``events`` events.
+
+        :raises SpoolFull: they would not fit now (counted as refused).
+        """
+        with self._lock:
+            self._check_room(events, nbytes)
 
     def has_room(self, events: int = 1, nbytes: int = 0) -> bool:
         "Whether that many more events would fit now (for a cheap early 503)."
