@@ -278,3 +278,24 @@ def test_objects_nesting_too_deep_are_not_snapshots() -> None:
     obj["spec"] = deep
     raw = audit_event(verb="create", resource="configmaps", code=201, response_object=obj)
     assert mapped(raw).after is None
+
+
+def test_reviews_never_become_snapshots() -> None:
+    review = {
+        "kind": "TokenReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": None},
+        "spec": {"token": "eyJhbGciOiJSUzI1NiJ9.secret-bearer-token"},
+        "status": {"authenticated": True, "user": {"username": "system:serviceaccount:a:b"}},
+    }
+    raw = audit_event(
+        verb="create",
+        resource="tokenreviews",
+        api_group="authentication.k8s.io",
+        namespace="",
+        code=201,
+        response_object=review,
+    )
+    result = mapped(raw)
+    assert result.after is None
+    assert "secret-bearer-token" not in str(result.event)

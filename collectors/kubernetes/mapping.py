@@ -47,6 +47,9 @@ OPERATIONS = {
     "READ": pb.OPERATION_READ,
 }
 SNAPSHOT_SUBRESOURCES = frozenset({"", "status"})  # their responseObject is the object itself
+# Reviews (TokenReview, SubjectAccessReview, ...) are requests, not stored objects, and a
+# TokenReview's body holds the bearer token under review: never a snapshot.
+NO_SNAPSHOT_GROUPS = frozenset({"authentication.k8s.io", "authorization.k8s.io"})
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 FINGERPRINT_PREFIX = "hmac-sha256:"  # the same shape as the service's SECRET fingerprints
 FINGERPRINT_HEX_CHARS = 16
@@ -242,6 +245,7 @@ class Mapper:
             and operation != "READ"
             and verb != "deletecollection"
             and subresource in SNAPSHOT_SUBRESOURCES
+            and object_ref.get("apiGroup") not in NO_SNAPSHOT_GROUPS
             and is_object(response)
         ):
             after = response
