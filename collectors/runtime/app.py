@@ -155,8 +155,8 @@ COMMON_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "stream_timeout",
-        60.0,
-        "seconds one delivery round (up to 4 batches) may take",
+        120.0,
+        "seconds one delivery round (one stream, up to 10,000 events) may take",
         "float",
         metavar="SECONDS",
     ),

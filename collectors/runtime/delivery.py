@@ -1,7 +1,9 @@
 """The sender: a thread that streams spooled events to the service and settles the spool.
 
-Each round takes the oldest events (up to ``window`` batches of ``batch_size``), sends them with
-``AuditClient.record_many`` over one RecordStream, and then, in one spool transaction:
+Each round streams the oldest events over one RecordStream (``AuditClient.record_many``,
+``window`` batches of ``batch_size`` in flight), reading the spool as the stream asks for more,
+so events spooled meanwhile join the round, up to ``round_events``. Then, in one spool
+transaction:
 
 - removes every event the service acknowledged (stored, or a duplicate of one it had);
 - moves to the dead-letter table every event it refused for good: invalid, not permitted for
@@ -19,7 +21,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from clients import (
@@ -56,16 +58,17 @@ class DeliverySettings:
     batch_size: int = MAX_BATCH
     linger: float = 0.2  # seconds an event may wait for a fuller batch
     window: int = 4  # batches in flight on one stream
+    round_events: int = 10_000  # most events one stream carries before the spool is settled
     initial_backoff: float = 0.2
     max_backoff: float = 30.0
     max_attempts: int = 10  # per-event errors that are not refusals, before dead-lettering
-    stream_timeout: float = 60.0  # seconds one round's stream may take
+    stream_timeout: float = 120.0  # seconds one round's stream may take
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH:
             raise ValueError(f"batch size must be between 1 and {MAX_BATCH}")
-        if self.window < 1 or self.max_attempts < 1:
-            raise ValueError("window and max attempts must be at least 1")
+        if self.window < 1 or self.max_attempts < 1 or self.round_events < 1:
+            raise ValueError("window, round size and max attempts must be at least 1")
 
 
 class Backoff:
@@ -151,10 +154,7 @@ class Delivery:
             while not self._stop_now.is_set():
                 if not self._wait_for_round():
                     continue
-                chunk = self.spool.head(self.settings.batch_size * self.settings.window)
-                if not chunk:
-                    continue
-                if self._deliver(chunk):
+                if self._deliver():
                     self._backoff.reset()
                 else:
                     self._stop_now.wait(self._backoff.next_delay())
@@ -198,13 +198,26 @@ class Delivery:
                 self._client.close()
                 self._client = None
 
-    def _deliver(self, chunk: list[SpooledEvent]) -> bool:
+    def _source(self, taken: list[SpooledEvent]) -> Iterator[pb.AuditEvent]:
+        "The round's events, read from the spool page by page as the stream pulls them."
+        after = 0
+        page_size = self.settings.batch_size
+        while len(taken) < self.settings.round_events:
+            page = self.spool.head(min(page_size, self.settings.round_events - len(taken)), after)
+            if not page:
+                return
+            for item in page:
+                taken.append(item)
+                yield pb.AuditEvent.FromString(item.data)
+            after = page[-1].seq
+
+    def _deliver(self) -> bool:
         "One round; True when nothing needs another attempt."
-        events = [pb.AuditEvent.FromString(item.data) for item in chunk]
+        chunk: list[SpooledEvent] = []
         try:
             client = self._client_now()
             results = client.record_many(
-                events,
+                self._source(chunk),
                 batch_size=self.settings.batch_size,
                 window=self.settings.window,
                 timeout=self.settings.stream_timeout,

@@ -310,12 +310,13 @@ class Spool:
 
     # -- the sender's side ---------------------------------------------------------------
 
-    def head(self, limit: int) -> list[SpooledEvent]:
-        "The oldest ``limit`` events waiting for delivery."
+    def head(self, limit: int, after: int = 0) -> list[SpooledEvent]:
+        "The oldest ``limit`` events waiting for delivery (those spooled after seq ``after``)."
         with self._lock:
             self._check_open()
             rows = self._conn.execute(
-                "SELECT seq, key, event, attempts FROM spool ORDER BY seq LIMIT ?", (limit,)
+                "SELECT seq, key, event, attempts FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
             ).fetchall()
         return [SpooledEvent(r[0], r[1], bytes(r[2]), r[3]) for r in rows]
 
