@@ -19,6 +19,7 @@ import pytest
 
 from audit_service.config import SETTINGS
 from tests.helpers import REPO, ServerProcess, spawn_server
+from tests.tls_certs import make_pki
 
 DOCUMENTED_ADDRESS = "127.0.0.1:50051"
 _FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -45,12 +46,13 @@ def code_blocks(doc: str) -> list[Block]:
     ]
 
 
-def grpcurl_blocks(doc: str) -> list[Block]:
-    "The blocks that run grpcurl; each must be a bash block (so none is silently skipped)."
+def grpcurl_blocks(doc: str, *, tls: bool = False) -> list[Block]:
+    """The blocks that run grpcurl; each must be a bash block (so none is silently skipped).
+    ``tls``: the examples against a TLS server with tokens (they use ``-cacert``) instead."""
     blocks = [b for b in code_blocks(doc) if re.search(r"^\s*(?:\S+=\$\()?grpcurl ", b.text, re.M)]
     for block in blocks:
         assert block.language == "bash", f"{block}: grpcurl example in a non-bash block"
-    return blocks
+    return [b for b in blocks if ("-cacert" in b.text) == tls]
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +153,40 @@ def test_readme_record_example_is_idempotent(server: ServerProcess, tmp_path: Pa
     ids = [re.findall(rf'"id": "({_UUID7})"', out) for out in (first, second)]
     assert ids[0] == ids[1]
     assert '"duplicate": true' in second
+
+
+def test_readme_tls_and_token_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    "The README's secured-service example: the token line as written, grpcurl over TLS."
+    (setup,) = [b for b in code_blocks("README.md") if "auditctl tokens create" in b.text]
+    token_line = next(line for line in setup.text.splitlines() if "auditctl tokens create" in line)
+    pki = make_pki(tmp_path)
+    bin_dirs = [str(REPO / ".venv" / "bin"), str(Path(sys.executable).parent)]
+    env = {**os.environ, "PATH": os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")])}
+    made = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", token_line + '\nprintf %s "$AUDITLOG_TOKEN"'],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=True,
+    )  # fmt: skip
+    token = made.stdout
+    assert token.startswith("alog_")
+    assert token not in (tmp_path / "tokens.toml").read_text()
+    server = spawn_server(
+        "--tokens", str(tmp_path / "tokens.toml"), "--listen", "127.0.0.1:0",
+        "--db", str(tmp_path / "audit.db"),
+        "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+    )  # fmt: skip
+    try:
+        blocks = grpcurl_blocks("README.md", tls=True)
+        assert blocks, "README.md shows no grpcurl example with TLS and a token"
+        monkeypatch.setenv("AUDITLOG_TOKEN", token)
+        outputs = [run_block(block, server, tmp_path) for block in blocks]
+        monkeypatch.setenv("AUDITLOG_TOKEN", "alog_not-a-real-token")
+        with pytest.raises(AssertionError, match="Unauthenticated"):
+            run_block(blocks[-1], server, tmp_path)  # the token is what lets it in
+    finally:
+        server.stop()
+    text = "".join(outputs)
+    assert "auditlog.v1.AuditService.List" in text
+    assert text.rstrip().endswith("}")  # List answered (a JSON object), over TLS, with the token
 
 
 @pytest.mark.parametrize("doc", ["docs/filters.md", "docs/data-model.md"])
