@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import socket
 import sqlite3
@@ -628,3 +629,44 @@ def test_encode_struct_refuses_what_the_service_would() -> None:
         encode_struct({"x": nested})
     with pytest.raises(NotASnapshot, match="set"):
         encode_struct({"x": {1, 2}})
+
+
+# -- the runtime's health ------------------------------------------------------------------
+
+
+def test_a_worker_that_fails_makes_healthz_fail(tmp_path: Path, spool: Spool) -> None:
+    from collectors.runtime import Runtime
+    from collectors.runtime.app import _health
+    from collectors.runtime.options import Values
+
+    delivery, stats = make_delivery(spool, "127.0.0.1:1")
+    runtime = Runtime(
+        "test",
+        Values({"service": "127.0.0.1:1"}),
+        spool,
+        HttpEndpoint("127.0.0.1:0"),
+        stats,
+        delivery,
+    )
+    delivery.start()
+
+    def broken(stop: threading.Event) -> None:
+        raise RuntimeError("the source went away")
+
+    def patient(stop: threading.Event) -> None:
+        stop.wait()
+
+    runtime.add_worker("broken", broken)
+    runtime.add_worker("patient", patient)
+    runtime.count("seen", 2)
+    runtime._start_workers()
+    try:
+        answer = wait_until(lambda: (a := _health(runtime)).status == 503 and a)
+        assert json.loads(answer.body)["problems"] == ["worker broken stopped by an error"]
+        document = runtime.stats_document()
+        assert document["test"] == {"seen": 2}
+        assert document["service"]["reachable"] is None
+    finally:
+        runtime._stop_workers(wait=5)
+        delivery.stop(drain_seconds=0)
+    assert "the delivery thread stopped" in _health(runtime).body.decode()
