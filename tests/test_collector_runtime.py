@@ -661,7 +661,8 @@ def test_a_worker_that_fails_makes_healthz_fail(tmp_path: Path, spool: Spool) ->
     runtime.count("seen", 2)
     runtime._start_workers()
     try:
-        answer = wait_until(lambda: (a := _health(runtime)).status == 503 and a)
+        wait_until(lambda: _health(runtime).status == 503)
+        answer = _health(runtime)
         assert json.loads(answer.body)["problems"] == ["worker broken stopped by an error"]
         document = runtime.stats_document()
         assert document["test"] == {"seen": 2}
