@@ -80,7 +80,7 @@ class TokenAuthenticator:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
-        self._observer = observer
+        self.observer = observer  # sign-in audit; set once the writer exists
         self._recheck = recheck_seconds
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -134,13 +134,13 @@ class TokenAuthenticator:
         if found is None:
             self._failed(peer, "unknown or revoked token", digest.hex()[:TOKEN_PREFIX_HEX])
             raise Unauthenticated("unknown or revoked token")
-        if self._observer is not None:
-            self._observer.succeeded(found.principal, peer)
+        if self.observer is not None:
+            self.observer.succeeded(found.principal, peer)
         return found.principal
 
     def _failed(self, peer: str, reason: str, prefix: str) -> None:
-        if self._observer is not None:
-            self._observer.failed(peer, reason, prefix)
+        if self.observer is not None:
+            self.observer.failed(peer, reason, prefix)
 
 
 def _file_state(path: Path) -> tuple[int, int, int]:

@@ -24,6 +24,7 @@ class Setting:
     help: str
     type: type = str
     choices: tuple[str, ...] | None = None
+    minimum: float | None = None
 
     @property
     def flag(self) -> str:
@@ -47,18 +48,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls_cert", "", "PEM certificate chain to serve TLS with (needs --tls-key)"),
     Setting("tls_key", "", "PEM private key of --tls-cert"),
     Setting("tls_client_ca", "", "PEM CA bundle: require client certificates it signed (mTLS)"),
-    Setting("retention_days", 90, "days events are kept, unless overridden for their type", int),
+    Setting(
+        "retention_days",
+        90,
+        "days events are kept, unless overridden for their type",
+        int,
+        minimum=1,
+    ),
     Setting(
         "retention_overrides",
         "SIGN_IN=30",
         "per-type retention days, TYPE=DAYS[,TYPE=DAYS...] (in the config file also a table)",
     ),
-    Setting("retention_interval_minutes", 60.0, "minutes between retention sweeps", float),
+    Setting(
+        "retention_interval_minutes", 60.0, "minutes between retention sweeps", float, minimum=1
+    ),
     Setting(
         "sign_in_failures_per_minute",
         10,
         "failed sign-ins recorded per peer and minute (more are counted, not recorded)",
         int,
+        minimum=0,
     ),
     Setting(
         "durability",
@@ -67,9 +77,13 @@ SETTINGS: tuple[Setting, ...] = (
         " faster, survives a crash of the service but a power cut may lose the last commits",
         choices=("FULL", "NORMAL"),
     ),
-    Setting("workers", 64, "threads serving RPCs (each open RecordStream holds one)", int),
-    Setting("max_group_events", 5000, "most events one group commit writes", int),
-    Setting("grace_seconds", 10.0, "on SIGTERM, how long in-flight calls may take", float),
+    Setting(
+        "workers", 64, "threads serving RPCs (each open RecordStream holds one)", int, minimum=1
+    ),
+    Setting("max_group_events", 5000, "most events one group commit writes", int, minimum=1),
+    Setting(
+        "grace_seconds", 10.0, "on SIGTERM, how long in-flight calls may take", float, minimum=0
+    ),
     Setting("log_level", "INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -117,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(s.flag, action="store_true", default=None, help=help_text)
         else:
             parser.add_argument(
-                s.flag, default=None, help=help_text, choices=s.choices, metavar=s.name.upper()
+                s.flag,
+                default=None,
+                help=help_text,
+                choices=s.choices,
+                type=str.upper if s.choices else str,  # choices in any case, like the env
+                metavar=s.name.upper(),
             )
     return parser
 
@@ -167,4 +186,6 @@ def _coerce(s: Setting, value: Any) -> Any:
         raise ConfigError(f"{s.name}: {value!r} is not a valid {s.type.__name__}") from None
     if s.choices and str(coerced).upper() not in s.choices:
         raise ConfigError(f"{s.name}: {value!r} is not one of {', '.join(s.choices)}")
+    if s.minimum is not None and coerced < s.minimum:
+        raise ConfigError(f"{s.name}: {value!r} is below the minimum, {s.minimum:g}")
     return str(coerced).upper() if s.choices else coerced

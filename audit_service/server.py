@@ -19,7 +19,6 @@ from audit_service.audit_log import AuditLog
 from audit_service.auth import (
     Authenticator,
     DevAuthenticator,
-    SignInObserver,
     TokenAuthenticator,
 )
 from audit_service.config import Settings
@@ -101,15 +100,15 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def make_authenticator(settings: Settings, observer: SignInObserver) -> Authenticator:
-    """The authenticator the settings call for.
+def make_authenticator(settings: Settings) -> Authenticator:
+    """The authenticator the settings call for (checked before anything is opened).
 
     :raises StartupError: no authentication on a non-loopback address, or a bad tokens file.
     """
     host, _ = split_address(settings.listen)
     if settings.tokens:
         try:
-            return TokenAuthenticator(Path(settings.tokens), observer)
+            return TokenAuthenticator(Path(settings.tokens))
         except TokensFileError as exc:
             raise StartupError(str(exc)) from None
     if not settings.dev:
@@ -199,6 +198,7 @@ def create_server(settings: Settings, address: str | None = None) -> RunningServ
     except RetentionConfigError as exc:
         raise StartupError(str(exc)) from None
     credentials = server_credentials(settings)
+    authenticator = make_authenticator(settings)  # refuse before the database is touched
     try:  # a path means SQLite, a postgresql:// URL PostgreSQL
         storage = open_storage(settings.db, durability=settings.durability)  # type: ignore[arg-type]
     except StorageError as exc:
@@ -209,15 +209,10 @@ def create_server(settings: Settings, address: str | None = None) -> RunningServ
         storage.close()
         raise
     writer = GroupCommitWriter(storage, settings.max_group_events)
-    try:
-        authenticator = make_authenticator(
-            settings,
-            SignInAuditor(writer, failures_per_minute=settings.sign_in_failures_per_minute),
+    if isinstance(authenticator, TokenAuthenticator):
+        authenticator.observer = SignInAuditor(
+            writer, failures_per_minute=settings.sign_in_failures_per_minute
         )
-    except StartupError:
-        writer.close()
-        storage.close()
-        raise
     audit_log = AuditLog(
         storage,
         writer,

@@ -192,3 +192,59 @@ def test_help_exits_zero() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
     assert result.stdout.startswith("usage: audit-service")
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--workers", "0"], "workers: '0' is below the minimum, 1"),
+        (["--retention-interval-minutes", "0"], "retention_interval_minutes"),
+        (["--max-group-events", "-5"], "max_group_events"),
+        (["--durability", "sometimes"], "invalid choice"),
+    ],
+)
+def test_bad_setting_values_are_clear_errors(tmp_path: Path, args: list[str], problem: str) -> None:
+    db = tmp_path / "audit.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "audit_service", "--dev", "--listen", "127.0.0.1:0",
+         "--db", str(db), *args],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert problem in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not db.exists()
+
+
+def test_lowercase_choices_on_the_command_line(tmp_path: Path) -> None:
+    server = spawn_server(
+        "--dev", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "a.db"),
+        "--durability", "normal", "--log-level", "info",
+    )  # fmt: skip
+    code, log = server.stop()
+    assert code == 0
+    assert "durability NORMAL" in log
+
+
+def test_a_file_that_is_not_sqlite_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "notes.txt"
+    db.write_text("not a database, just some text that is long enough to have a header\n" * 10)
+    result = subprocess.run(
+        [sys.executable, "-m", "audit_service", "--dev", "--listen", "127.0.0.1:0",
+         "--db", str(db)],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "cannot open SQLite database" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_refused_authentication_creates_no_database(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "audit_service", "--listen", "127.0.0.1:0", "--db", str(db)],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--tokens" in result.stderr
+    assert not db.exists()

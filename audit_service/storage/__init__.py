@@ -6,6 +6,7 @@ URL means PostgreSQL, anything else is the path of a SQLite file.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Literal
 
 from audit_service.storage.base import Storage, StorageError
@@ -28,7 +29,10 @@ def open_storage(db: str, durability: Durability = "FULL") -> Storage:
         from audit_service.storage.postgres import PostgresStorage  # psycopg only when used
 
         return PostgresStorage(db, durability)
-    return SQLiteStorage(db, durability)
+    try:
+        return SQLiteStorage(db, durability)
+    except sqlite3.Error as exc:  # e.g. "file is not a database"
+        raise StorageError(f"cannot open SQLite database {db}: {exc}") from None
 
 
 def describe(db: str) -> str:
