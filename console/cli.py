@@ -49,7 +49,9 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            print(f"audit-console listening on {self.url}", flush=True)
+            # One write, so no log line from another thread lands inside it.
+            sys.stdout.write(f"audit-console listening on {self.url}\n")
+            sys.stdout.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
