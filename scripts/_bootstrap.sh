@@ -1,6 +1,7 @@
 # Sourced by the scripts in this folder: makes ./.venv match requirements.lock.
 # Re-installs only when the lock file or pyproject.toml changed since the last install.
-# A script that sets NEEDS_CHROMIUM=1 first also gets Debian's chromium (scripts/_chromium.sh).
+# A script that sets NEEDS_TEST_SYSTEM=1 first also gets the system programs the tests drive:
+# Debian's chromium (the console's browser tests) and PostgreSQL's server programs.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -14,8 +15,10 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --config-settings editable_mode=compat -e "$ROOT"
   echo "$want" > "$STAMP"
 fi
-if [ "${NEEDS_CHROMIUM:-0}" = 1 ]; then
-  "$ROOT/scripts/_chromium.sh"
+if [ "${NEEDS_TEST_SYSTEM:-0}" = 1 ]; then
+  "$ROOT/scripts/_ensure_package.sh" chromium "the web console's browser tests" /usr/bin/chromium
+  "$ROOT/scripts/_ensure_package.sh" postgresql "the PostgreSQL storage tests" \
+    /usr/local/bin/initdb "/usr/lib/postgresql/*/bin/initdb"
 fi
 export PATH="$VENV/bin:$PATH"
 cd "$ROOT"
