@@ -37,9 +37,7 @@ def free_port() -> int:
         return port
 
 
-def wait_until(
-    check: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.02
-) -> T:
+def wait_until(check: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.02) -> T:
     "Poll ``check`` until it returns something truthy; that value. Fails after ``timeout``."
     deadline = time.monotonic() + timeout
     while True:

@@ -205,7 +205,7 @@ class Delivery:
         while len(taken) < self.settings.round_events:
             page = self.spool.head(min(page_size, self.settings.round_events - len(taken)), after)
             if not page:
-                return
+                return  # caught up: the round ends once what was sent is acknowledged
             for item in page:
                 taken.append(item)
                 yield pb.AuditEvent.FromString(item.data)

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clients import Event, pb
 from collectors.runtime.stats import Stats
@@ -208,6 +209,15 @@ class Spool:
         row = self._conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
         self._count: int = row[0]
         self._bytes: int = row[1]
+        # Reads get a connection of their own: with WAL they see the last commit without
+        # waiting for a writer that is committing (fsync) under ``_lock``.
+        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._read_lock = threading.Lock()
+
+    def _read(self, sql: str, parameters: tuple[object, ...] = ()) -> list[Any]:
+        with self._read_lock:
+            self._check_open()
+            return self._reader.execute(sql, parameters).fetchall()
 
     def _setup(self, durable: bool) -> None:
         conn = self._conn
@@ -312,12 +322,10 @@ class Spool:
 
     def head(self, limit: int, after: int = 0) -> list[SpooledEvent]:
         "The oldest ``limit`` events waiting for delivery (those spooled after seq ``after``)."
-        with self._lock:
-            self._check_open()
-            rows = self._conn.execute(
-                "SELECT seq, key, event, attempts FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, limit),
-            ).fetchall()
+        rows = self._read(
+            "SELECT seq, key, event, attempts FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        )
         return [SpooledEvent(r[0], r[1], bytes(r[2]), r[3]) for r in rows]
 
     def settle(
@@ -400,10 +408,8 @@ class Spool:
 
     def oldest_spooled_at(self) -> float | None:
         "When (``time.time()``) the oldest waiting event was spooled; None when none waits."
-        with self._lock:
-            self._check_open()
-            row = self._conn.execute("SELECT spooled_at FROM spool ORDER BY seq LIMIT 1").fetchone()
-        return None if row is None else float(row[0])
+        rows = self._read("SELECT spooled_at FROM spool ORDER BY seq LIMIT 1")
+        return float(rows[0][0]) if rows else None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -419,29 +425,21 @@ class Spool:
             return self._bytes
 
     def dead_letter_count(self) -> int:
-        with self._lock:
-            self._check_open()
-            return int(self._conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0])
+        return int(self._read("SELECT count(*) FROM dead_letter")[0][0])
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         "The most recent dead letters, newest first."
-        with self._lock:
-            self._check_open()
-            rows = self._conn.execute(
-                "SELECT seq, key, event, reason, spooled_at, dead_at FROM dead_letter"
-                " ORDER BY seq DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
+        rows = self._read(
+            "SELECT seq, key, event, reason, spooled_at, dead_at FROM dead_letter"
+            " ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        )
         return [DeadLetter(r[0], r[1], bytes(r[2]), r[3], r[4], r[5]) for r in rows]
 
     def get_state(self, scope: str, key: str) -> bytes | None:
         "A state value, outside any transaction."
-        with self._lock:
-            self._check_open()
-            row = self._conn.execute(
-                "SELECT value FROM state WHERE scope = ? AND key = ?", (scope, key)
-            ).fetchone()
-        return None if row is None else bytes(row[0])
+        rows = self._read("SELECT value FROM state WHERE scope = ? AND key = ?", (scope, key))
+        return bytes(rows[0][0]) if rows else None
 
     def set_state(self, scope: str, key: str, value: bytes | str) -> None:
         "Write one state value in its own transaction."
@@ -460,6 +458,8 @@ class Spool:
                 return
             self._closed = True
             self._changed.notify_all()
+            with self._read_lock:
+                self._reader.close()
             # Another process may have the file open: its WAL then stays for the next start.
             with contextlib.suppress(sqlite3.DatabaseError):
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
