@@ -25,6 +25,7 @@ from collectors.runtime import (
     BearerTokenFile,
     Delivery,
     DeliverySettings,
+    HmacSignature,
     HttpEndpoint,
     Request,
     Response,
@@ -671,3 +672,38 @@ def test_a_worker_that_fails_makes_healthz_fail(tmp_path: Path, spool: Spool) ->
         runtime._stop_workers(wait=5)
         delivery.stop(drain_seconds=0)
     assert "the delivery thread stopped" in _health(runtime).body.decode()
+
+
+def test_signatures_over_the_body_and_tokens_in_other_headers(tmp_path: Path) -> None:
+    import hashlib
+    import hmac
+
+    secrets_file = tmp_path / "github.secret"
+    secrets_file.write_text("s3cret\n")
+    gitlab_file = tmp_path / "gitlab.token"
+    gitlab_file.write_text("gl-token\n")
+    served = HttpEndpoint("127.0.0.1:0")
+    echo = lambda r: Response.json(200, {"bytes": len(r.body)})  # noqa: E731
+    served.route("POST", "/github", echo, max_body=100, auth=[HmacSignature(secrets_file)])
+    served.route(
+        "POST",
+        "/gitlab",
+        echo,
+        auth=[BearerTokenFile(gitlab_file, header="X-Gitlab-Token", scheme="")],
+    )
+    assert not served.open_event_routes()  # authenticated: may listen beyond loopback
+    served.start()
+    try:
+        body = b'{"zen": "Keep it logically awesome."}'
+        good = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        assert call(served, "POST", "/github", body, {"X-Hub-Signature-256": good})[0] == 200
+        for bad in ("sha256=" + "0" * 64, good[7:], ""):
+            headers = {"X-Hub-Signature-256": bad} if bad else {}
+            assert call(served, "POST", "/github", body, headers)[0] == 401, bad
+        tampered = body.replace(b"awesome", b"terrible")
+        assert call(served, "POST", "/github", tampered, {"X-Hub-Signature-256": good})[0] == 401
+        assert call(served, "POST", "/github", b"x" * 101, {"X-Hub-Signature-256": good})[0] == 413
+        assert call(served, "POST", "/gitlab", b"{}", {"X-Gitlab-Token": "gl-token"})[0] == 200
+        assert call(served, "POST", "/gitlab", b"{}", {"X-Gitlab-Token": "nope"})[0] == 401
+    finally:
+        served.stop()

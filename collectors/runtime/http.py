@@ -5,7 +5,7 @@ ways its senders may authenticate. The endpoint answers, before a handler runs:
 
 - 404 for an unknown path, 405 for a method the path does not take;
 - 401 when the route authenticates and the request passes none of its authenticators
-  (checked on the headers, before the body is read);
+  (checked on the headers before the body is read, except signatures over the body);
 - 413 for a body over the route's cap (unread), 411 for a POST/PUT without a length,
   400 for a malformed length or chunk;
 - 503 with ``Retry-After`` while stopping, and whenever a handler raises ``SpoolFull``
@@ -112,67 +112,132 @@ Handler = Callable[[Request], Response]
 
 
 class Authenticator(Protocol):
-    "One way a sender may prove who it is; ``check`` sees the headers (the body is empty)."
+    """One way a sender may prove who it is. ``check`` sees the headers, with an empty body,
+    unless ``needs_body`` (a signature over the body): then it runs once the body is read."""
 
     description: str
+    needs_body: bool
 
     def check(self, request: Request) -> bool: ...
 
 
-class BearerTokenFile:
-    """``Authorization: Bearer <token>`` with a token from ``path``: one per line (blank lines
-    and ``#`` comments skipped), so a new token can be added before the old one is removed.
-    The file is read again when it changes. Compared as SHA-256 digests, in constant time,
-    against every token (no early exit).
+class SecretFile:
+    """Secrets from ``path``: one per line (blank lines and ``#`` comments skipped), so a new
+    one can be added before the old one is removed. Read again when the file changes; an
+    emptied file keeps the secrets read last (a rotation half written).
 
-    :raises StartupError: the file cannot be read or holds no token.
+    :raises StartupError: the file cannot be read or holds no secret.
     """
 
-    def __init__(self, path: Path, what: str = "bearer token") -> None:
+    def __init__(self, path: Path, what: str = "secret") -> None:
         self.path = path
-        self.description = f"{what} from {path}"
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
-        self._digests: list[bytes] = []
+        self._secrets: list[bytes] = []
         try:
             self._reload()
         except OSError as exc:
             raise StartupError(f"cannot read {path}: {exc.strerror}") from None
-        if not self._digests:
-            raise StartupError(f"{path} holds no token (one per line)")
+        if not self._secrets:
+            raise StartupError(f"{path} holds no {what} (one per line)")
 
     def _reload(self) -> None:
         stat = self.path.stat()
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:
             return
-        tokens = [
-            line.strip()
-            for line in self.path.read_text().splitlines()
-            if line.strip() and not line.lstrip().startswith("#")
-        ]
-        digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
-        if digests:  # an emptied file keeps the last tokens (a half-written rotation)
-            self._digests = digests
+        lines = [line.strip() for line in self.path.read_text().splitlines()]
+        found = [line.encode() for line in lines if line and not line.startswith("#")]
+        if found:
+            self._secrets = found
         self._stamp = stamp
 
-    def check(self, request: Request) -> bool:
+    def current(self) -> list[bytes]:
         with self._lock:
-            with contextlib.suppress(OSError):  # unreadable now: keep the tokens read last
+            with contextlib.suppress(OSError):  # unreadable now: keep the secrets read last
                 self._reload()
-            digests = self._digests
-        scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
-        presented = hashlib.sha256(token.strip().encode()).digest()
+            return list(self._secrets)
+
+
+class BearerTokenFile:
+    """A token from a ``SecretFile`` in a header: ``Authorization: Bearer <token>`` by default;
+    another header, with or without a scheme, for senders that use one (GitLab's
+    ``X-Gitlab-Token: <token>``: ``header="X-Gitlab-Token", scheme=""``). Compared as
+    SHA-256 digests, in constant time, against every token (no early exit).
+
+    :raises StartupError: the file cannot be read or holds no token.
+    """
+
+    needs_body = False
+
+    def __init__(
+        self,
+        path: Path,
+        what: str = "bearer token",
+        *,
+        header: str = "Authorization",
+        scheme: str = "Bearer",
+    ) -> None:
+        self.description = f"{what} from {path}"
+        self._tokens = SecretFile(path, "token")
+        self._header = header
+        self._scheme = scheme
+
+    def check(self, request: Request) -> bool:
+        value = request.headers.get(self._header) or ""
+        if self._scheme:
+            scheme, _, value = value.partition(" ")
+            scheme_ok = scheme.lower() == self._scheme.lower()
+        else:
+            scheme_ok = True
+        presented = hashlib.sha256(value.strip().encode()).digest()
         matched = False
-        for digest in digests:
-            matched |= hmac.compare_digest(presented, digest)
-        return matched and scheme.lower() == "bearer"
+        for token in self._tokens.current():
+            matched |= hmac.compare_digest(presented, hashlib.sha256(token).digest())
+        return matched and scheme_ok
+
+
+class HmacSignature:
+    """A signature of the body in a header: the hex HMAC-SHA256 of the body keyed with a
+    secret from a ``SecretFile``, after ``prefix`` (GitHub's and Bitbucket's
+    ``X-Hub-Signature-256: sha256=<hex>``). Checked once the body is read (within the
+    route's cap), in constant time against every secret.
+
+    :raises StartupError: the file cannot be read or holds no secret.
+    """
+
+    needs_body = True
+
+    def __init__(
+        self,
+        path: Path,
+        what: str = "webhook secret",
+        *,
+        header: str = "X-Hub-Signature-256",
+        prefix: str = "sha256=",
+    ) -> None:
+        self.description = f"{header} signed with the {what} from {path}"
+        self._secrets = SecretFile(path, what)
+        self._header = header
+        self._prefix = prefix
+
+    def check(self, request: Request) -> bool:
+        value = (request.headers.get(self._header) or "").strip()
+        if not value.startswith(self._prefix):
+            return False
+        presented = value[len(self._prefix) :].lower().encode()
+        matched = False
+        for secret in self._secrets.current():
+            expected = hmac.new(secret, request.body, hashlib.sha256).hexdigest().encode()
+            matched |= hmac.compare_digest(presented, expected)
+        return matched
 
 
 class ClientCertificate:
     "A TLS client certificate the listener's client CA verified."
 
     description = "TLS client certificate"
+    needs_body = False
 
     def check(self, request: Request) -> bool:
         return bool(request.client_certificate)
@@ -444,29 +509,23 @@ def _handler_class(endpoint: HttpEndpoint) -> type[BaseHTTPRequestHandler]:
                 client=self._peer(),
                 client_certificate=certificate,
             )
-            if route.auth and not any(a.check(request) for a in route.auth):
-                held = _refusals.allow()
-                if held is not None:  # a flood of bad requests must not flood the log
-                    log.warning(
-                        "request refused: not authenticated",
-                        client=request.client,
-                        path=request.path,
-                        accepts=", ".join(a.description for a in route.auth),
-                        not_logged_before=held,
-                    )
-                self.close_connection = True
-                return Response.error(
-                    HTTPStatus.UNAUTHORIZED,
-                    "not authenticated",
-                    **{"WWW-Authenticate": 'Bearer realm="audit-collector"'},
-                )
+            passed = any(a.check(request) for a in route.auth if not a.needs_body)
+            if route.auth and not passed and not any(a.needs_body for a in route.auth):
+                return self._unauthenticated(request, route)
             try:
                 body = self._read_body(route.max_body)
             except BodyError as exc:
                 self.close_connection = True
                 return exc.response
+            request = replace(request, body=body)
+            if (
+                route.auth
+                and not passed
+                and not any(a.check(request) for a in route.auth if a.needs_body)
+            ):
+                return self._unauthenticated(request, route)
             try:
-                return route.handler(replace(request, body=body))
+                return route.handler(request)
             except SpoolFull as exc:
                 log.warning("request refused: spool full", client=request.client, reason=str(exc))
                 return Response.error(
@@ -478,6 +537,23 @@ def _handler_class(endpoint: HttpEndpoint) -> type[BaseHTTPRequestHandler]:
                 log.exception("request failed", client=request.client, path=request.path)
                 self.close_connection = True
                 return Response.error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+
+        def _unauthenticated(self, request: Request, route: Route) -> Response:
+            held = _refusals.allow()
+            if held is not None:  # a flood of bad requests must not flood the log
+                log.warning(
+                    "request refused: not authenticated",
+                    client=request.client,
+                    path=request.path,
+                    accepts=", ".join(a.description for a in route.auth),
+                    not_logged_before=held,
+                )
+            self.close_connection = True
+            return Response.error(
+                HTTPStatus.UNAUTHORIZED,
+                "not authenticated",
+                **{"WWW-Authenticate": 'Bearer realm="audit-collector"'},
+            )
 
         def _read_body(self, limit: int) -> bytes:
             encoding = (self.headers.get("Transfer-Encoding") or "").strip().lower()
