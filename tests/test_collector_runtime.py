@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from clients import AuditClient, RetryPolicy, pb
 from collectors.runtime import (
+    BasicAuthFile,
     BearerTokenFile,
     Delivery,
     DeliverySettings,
@@ -705,5 +706,26 @@ def test_signatures_over_the_body_and_tokens_in_other_headers(tmp_path: Path) ->
         assert call(served, "POST", "/github", b"x" * 101, {"X-Hub-Signature-256": good})[0] == 413
         assert call(served, "POST", "/gitlab", b"{}", {"X-Gitlab-Token": "gl-token"})[0] == 200
         assert call(served, "POST", "/gitlab", b"{}", {"X-Gitlab-Token": "nope"})[0] == 401
+    finally:
+        served.stop()
+
+
+def test_basic_auth_from_a_file_of_user_password_lines(tmp_path: Path) -> None:
+    import base64
+
+    path = tmp_path / "terraform.credentials"
+    path.write_text("# user:password\nterraform:pa55:word\n")
+    served = HttpEndpoint("127.0.0.1:0")
+    served.route("POST", "/state", lambda r: Response.json(200, {}), auth=[BasicAuthFile(path)])
+    served.start()
+
+    def basic(text: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(text.encode()).decode()}
+
+    try:
+        assert call(served, "POST", "/state", b"{}", basic("terraform:pa55:word"))[0] == 200
+        assert call(served, "POST", "/state", b"{}", basic("terraform:wrong"))[0] == 401
+        assert call(served, "POST", "/state", b"{}", {"Authorization": "Basic %%%"})[0] == 401
+        assert call(served, "POST", "/state", b"{}")[0] == 401
     finally:
         served.stop()

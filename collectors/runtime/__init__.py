@@ -18,6 +18,7 @@ from collectors.runtime.app import COMMON_OPTIONS, Plugin, Runtime, run
 from collectors.runtime.delivery import Delivery, DeliverySettings
 from collectors.runtime.http import (
     Authenticator,
+    BasicAuthFile,
     BearerTokenFile,
     ClientCertificate,
     HmacSignature,
@@ -35,6 +36,7 @@ from collectors.runtime.stats import Stats
 __all__ = [
     "COMMON_OPTIONS",
     "Authenticator",
+    "BasicAuthFile",
     "BearerTokenFile",
     "ClientCertificate",
     "Delivery",

@@ -19,6 +19,7 @@ optional at the TLS layer so that probes without one can reach ``/healthz``, and
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -195,6 +196,33 @@ class BearerTokenFile:
         for token in self._tokens.current():
             matched |= hmac.compare_digest(presented, hashlib.sha256(token).digest())
         return matched and scheme_ok
+
+
+class BasicAuthFile:
+    """HTTP basic authentication (Terraform's HTTP backend: ``username`` and ``password``)
+    against ``user:password`` lines of a ``SecretFile``, compared as SHA-256 digests in
+    constant time.
+
+    :raises StartupError: the file cannot be read or holds no credentials.
+    """
+
+    needs_body = False
+
+    def __init__(self, path: Path, what: str = "basic auth credentials") -> None:
+        self.description = f"{what} from {path}"
+        self._credentials = SecretFile(path, "user:password line")
+
+    def check(self, request: Request) -> bool:
+        scheme, _, encoded = (request.headers.get("Authorization") or "").partition(" ")
+        try:
+            presented = base64.b64decode(encoded.strip(), validate=True)
+        except ValueError:
+            presented = b""
+        digest = hashlib.sha256(presented).digest()
+        matched = False
+        for line in self._credentials.current():
+            matched |= hmac.compare_digest(digest, hashlib.sha256(line).digest())
+        return matched and scheme.lower() == "basic" and b":" in presented
 
 
 class HmacSignature:
