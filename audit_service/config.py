@@ -61,7 +61,11 @@ SETTINGS: tuple[Setting, ...] = (
         "per-type retention days, TYPE=DAYS[,TYPE=DAYS...] (in the config file also a table)",
     ),
     Setting(
-        "retention_interval_minutes", 60.0, "minutes between retention sweeps", float, minimum=1
+        "retention_interval_minutes",
+        60.0,
+        "minutes between retention sweeps",
+        float,
+        minimum=0.001,
     ),
     Setting(
         "sign_in_failures_per_minute",
