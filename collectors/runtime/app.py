@@ -443,7 +443,9 @@ def _serve(plugin: Plugin, values: Values, log: logs.FieldLogger) -> int:
             pending=spool.pending,
             service=values.text("service"),
         )
-        print(f"audit-collector {plugin.kind} listening on {http.url}", flush=True)
+        # One write, so no log line from another thread lands inside it.
+        sys.stdout.write(f"audit-collector {plugin.kind} listening on {http.url}\n")
+        sys.stdout.flush()
         stop.wait()
         http.stop()
         runtime._stop_workers(wait=10)
