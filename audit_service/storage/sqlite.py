@@ -106,10 +106,7 @@ class SQLiteStorage:
         seen = self._existing_keys(conn, events)
         seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         outcomes: list[RecordOutcome] = []
-        event_rows: list[tuple[Any, ...]] = []
-        context_rows: list[tuple[str, str, int]] = []
-        snapshot_rows: list[tuple[int, str | None, str | None]] = []
-        fts_rows: list[tuple[int, str]] = []
+        rows = Rows()
         for event in events:
             key = (event.recorded_by, event.idempotency_key)
             if event.idempotency_key and key in seen:
@@ -121,16 +118,8 @@ class SQLiteStorage:
             outcomes.append(outcome)
             if event.idempotency_key:
                 seen[key] = RecordOutcome(event_id, recorded_at, duplicate=True)
-            event_rows.append(_event_row(seq, event_id, recorded_at, event))
-            context_rows.extend((k, v, seq) for k, v in event.context.items())
-            if event.before is not None or event.after is not None:
-                snapshot_rows.append((seq, _dumps(event.before), _dumps(event.after)))
-            if event.error:
-                fts_rows.append((seq, event.error))
-        _insert_rows(conn, _INSERT_EVENT, event_rows)
-        _insert_rows(conn, _INSERT_CONTEXT, context_rows)
-        _insert_rows(conn, _INSERT_SNAPSHOT, snapshot_rows)
-        _insert_rows(conn, _INSERT_ERROR_FTS, fts_rows)
+            rows.add(seq, event_id, recorded_at, event)
+        rows.write(conn)
         return outcomes
 
     def _existing_keys(
@@ -334,6 +323,32 @@ def _value_sql(
     sql_op = _SQL_OPS[op]
     parts = [f"{column} {sql_op} ?" for _ in values]
     return "(" + " OR ".join(parts) + ")", list(values)
+
+
+class Rows:
+    """The rows a group of events is stored as, gathered before they are written: the
+    ``events`` row, ``event_context`` rows, the ``snapshots`` row and the text indexes."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.context: list[tuple[str, str, int]] = []
+        self.snapshots: list[tuple[int, str | None, str | None]] = []
+        self.errors: list[tuple[int, str]] = []
+
+    def add(self, seq: int, event_id: str, recorded_at: int, event: NewEvent) -> None:
+        self.events.append(_event_row(seq, event_id, recorded_at, event))
+        self.context.extend((k, v, seq) for k, v in event.context.items())
+        if event.before is not None or event.after is not None:
+            self.snapshots.append((seq, _dumps(event.before), _dumps(event.after)))
+        if event.error:
+            self.errors.append((seq, event.error))
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        "Insert every row (inside the caller's transaction)."
+        _insert_rows(conn, _INSERT_EVENT, self.events)
+        _insert_rows(conn, _INSERT_CONTEXT, self.context)
+        _insert_rows(conn, _INSERT_SNAPSHOT, self.snapshots)
+        _insert_rows(conn, _INSERT_ERROR_FTS, self.errors)
 
 
 def _event_row(seq: int, event_id: str, recorded_at: int, e: NewEvent) -> tuple[Any, ...]:

@@ -6,6 +6,11 @@ One module per benchmark; each exposes ``DESCRIPTION``, ``add_arguments(parser)`
 
 BENCHMARKS = {
     "ingest": "scripts.benchmarks.ingest",
+    "list": "scripts.benchmarks.list_latency",
+    "contains": "scripts.benchmarks.contains",
+    "diff": "scripts.benchmarks.diff",
+    "retention": "scripts.benchmarks.retention",
+    "generate": "scripts.benchmarks.dataset",
     "collector-kubernetes": "scripts.benchmarks.collector_kubernetes",
     "postgres": "scripts.benchmarks.postgres",
 }

@@ -223,3 +223,38 @@ def audit_service_argv(db_path: Path, *extra: str) -> list[str]:
         "WARNING",
         *extra,
     ]
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    "The most resident memory process ``pid`` has used so far (VmHWM), or None."
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def rss_line(pid: int | None, limit_mb: float = 300.0) -> str:
+    "``service peak RSS: N MB (target <= 300 MB)`` for a server we started."
+    peak = None if pid is None else peak_rss_bytes(pid)
+    if peak is None:
+        return "service peak RSS: not measured (not a child process)"
+    mb = peak / 1e6
+    verdict = "met" if mb <= limit_mb else "NOT met"
+    return f"service peak RSS: {mb:,.0f} MB (target <= {limit_mb:,.0f} MB: {verdict})"
+
+
+def load_average() -> str:
+    "The 1, 5 and 15 minute load averages: other work on the machine skews every figure."
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    "The ``fraction`` quantile of ``samples`` (nearest rank)."
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))]
