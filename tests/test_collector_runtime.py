@@ -729,3 +729,28 @@ def test_basic_auth_from_a_file_of_user_password_lines(tmp_path: Path) -> None:
         assert call(served, "POST", "/state", b"{}")[0] == 401
     finally:
         served.stop()
+
+
+def test_prefix_routes_answer_every_path_under_them() -> None:
+    served = HttpEndpoint("127.0.0.1:0")
+
+    def where(request: Request) -> Response:
+        return Response.json(200, {"path": request.path, "method": request.method})
+
+    served.route("GET", "/state/", where, prefix=True)
+    served.route("LOCK", "/state/", where, prefix=True)
+    served.route("GET", "/state/special", lambda r: Response.json(200, {"exact": True}))
+    with pytest.raises(ValueError, match="ends in '/'"):
+        served.route("GET", "/nested", where, prefix=True)
+    assert [r.path for r in served.open_event_routes()].count("/state/") == 2
+    served.start()
+    try:
+        status, _, body = call(served, "GET", "/state/prod/lock?x=1")
+        assert (status, json.loads(body)) == (200, {"path": "/state/prod/lock", "method": "GET"})
+        assert json.loads(call(served, "LOCK", "/state/dev", b"{}")[2])["method"] == "LOCK"
+        assert json.loads(call(served, "GET", "/state/special")[2]) == {"exact": True}
+        assert call(served, "GET", "/state/")[0] == 404  # the prefix itself is not under it
+        status, headers, _ = call(served, "POST", "/state/prod", b"{}")
+        assert (status, headers["Allow"]) == (405, "GET, LOCK")
+    finally:
+        served.stop()

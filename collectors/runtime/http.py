@@ -1,7 +1,9 @@
 """The collector's HTTP endpoint: a small threaded server (``http.server``) with registered routes.
 
 A route is ``(method, path) -> handler(Request) -> Response`` with a body size cap and the
-ways its senders may authenticate. The endpoint answers, before a handler runs:
+ways its senders may authenticate; a path ending in ``/`` registered with ``prefix=True``
+answers every path under it (``/state/`` for ``/state/prod``), when no exact path matches.
+The endpoint answers, before a handler runs:
 
 - 404 for an unknown path, 405 for a method the path does not take;
 - 401 when the route authenticates and the request passes none of its authenticators
@@ -300,6 +302,7 @@ class Route:
     max_body: int
     auth: tuple[Authenticator, ...]
     receives_events: bool  # a sender's endpoint (vs. /healthz, /stats): the loopback rule
+    prefix: bool = False  # answers every path under ``path`` (which ends in "/")
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -329,6 +332,7 @@ class HttpEndpoint:
         self.host, self.port = split_host_port(listen)
         self.tls = tls
         self._routes: dict[str, dict[str, Route]] = {}
+        self._prefixes: dict[str, dict[str, Route]] = {}  # path prefix -> method -> route
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -353,21 +357,27 @@ class HttpEndpoint:
         max_body: int = DEFAULT_MAX_BODY,
         auth: Sequence[Authenticator] = (),
         receives_events: bool = True,
+        prefix: bool = False,
     ) -> None:
         """Answer ``method path`` with ``handler``. ``auth``: a request must pass one of them
-        (none given: open). ``max_body``: bytes, beyond which the answer is 413."""
-        by_method = self._routes.setdefault(path, {})
+        (none given: open). ``max_body``: bytes, beyond which the answer is 413. ``prefix``:
+        answer every path under ``path`` (which must end in ``/``) that has no route of its
+        own; the handler reads ``request.path``."""
+        if prefix and not path.endswith("/"):
+            raise ValueError(f"a prefix route's path ends in '/': {path!r}")
+        by_method = (self._prefixes if prefix else self._routes).setdefault(path, {})
         if method.upper() in by_method:
             raise ValueError(f"{method} {path} is registered twice")
         by_method[method.upper()] = Route(
-            method.upper(), path, handler, max_body, tuple(auth), receives_events
+            method.upper(), path, handler, max_body, tuple(auth), receives_events, prefix
         )
 
     def open_event_routes(self) -> list[Route]:
         "Routes that receive events and authenticate nobody."
         return [
             r
-            for routes in self._routes.values()
+            for table in (self._routes, self._prefixes)
+            for routes in table.values()
             for r in routes.values()
             if r.receives_events and not r.auth
         ]
@@ -399,6 +409,10 @@ class HttpEndpoint:
 
     def _find(self, method: str, path: str) -> Route | Response:
         routes = self._routes.get(path)
+        if routes is None:
+            under = [p for p in self._prefixes if path.startswith(p) and len(path) > len(p)]
+            if under:
+                routes = self._prefixes[max(under, key=len)]
         if routes is None:
             return Response.error(HTTPStatus.NOT_FOUND, f"no such path: {path}")
         route = routes.get(method)
