@@ -14,9 +14,10 @@ from collectors.runtime import Plugin, run
 
 KINDS: dict[str, str] = {
     "kubernetes": "collectors.kubernetes",
+    "terraform": "collectors.terraform",
 }
 # In the command-line contract (shared/design/api.md), not built yet.
-PLANNED = ("git", "aws", "terraform")
+PLANNED = ("git", "aws")
 
 USAGE = f"""usage: audit-collector KIND [options]
 
