@@ -14,10 +14,12 @@ from collectors.runtime import Plugin, run
 
 KINDS: dict[str, str] = {
     "kubernetes": "collectors.kubernetes",
+    "aws": "collectors.aws",
     "terraform": "collectors.terraform",
+    "git": "collectors.git",
 }
 # In the command-line contract (shared/design/api.md), not built yet.
-PLANNED = ("git", "aws")
+PLANNED: tuple[str, ...] = ()
 
 USAGE = f"""usage: audit-collector KIND [options]
 

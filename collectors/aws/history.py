@@ -1,0 +1,98 @@
+"""The last state this collector recorded per resource, kept in the spool's state table: the
+``before`` of the next change to it.
+
+Kept per ``<blueprint>|<identifier>`` with the record's eventTime beside it, so that
+
+- an UPDATE or DELETE gets as ``before`` the ``after`` this collector last recorded for the
+  same resource (what the previous successful change asked for and AWS answered);
+- a record older than the one recorded (SQS does not keep order; log files overlap) neither
+  gets the newer state as its ``before`` nor replaces it;
+- a DELETE forgets the resource; a CREATE starts it afresh (no ``before``);
+- a failed change, a read and a sign-in leave it as it was.
+
+States are serialized ``google.protobuf.Struct``, already redacted. A batch is resolved with
+one read of the states it needs and one write of what changed, inside the transaction that
+spools its events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from clients import pb
+from collectors.aws.mapping import Mapped
+from collectors.runtime.limits import OMITTED_KEY, fit_event
+from collectors.runtime.spool import SpoolTransaction
+
+SCOPE = "aws.resources"
+
+
+@dataclass(frozen=True)
+class Seen:
+    moment: int  # eventTime, nanoseconds since the epoch
+    snapshot: bytes  # a serialized google.protobuf.Struct
+
+    def encode(self) -> bytes:
+        return f"{self.moment}\n".encode() + self.snapshot
+
+    @classmethod
+    def decode(cls, data: bytes) -> Seen:
+        moment, snapshot = data.split(b"\n", 1)
+        return cls(int(moment), snapshot)
+
+
+class History:
+    "The states recorded, read for one batch and written back with it."
+
+    def __init__(self, tx: SpoolTransaction, batch: Sequence[Mapped]) -> None:
+        self._tx = tx
+        keys = [m.resource_key for m in batch if m.resource_key is not None and not m.failed]
+        self._seen: dict[str, Seen | None] = {
+            key: Seen.decode(value) for key, value in tx.get_states(SCOPE, keys).items()
+        }
+        self._changed: dict[str, Seen | None] = {}
+
+    def _put(self, key: str, seen: Seen | None) -> None:
+        self._seen[key] = seen
+        self._changed[key] = seen
+
+    def resolve(self, mapped: Mapped) -> pb.AuditEvent:
+        "``mapped.event`` with its snapshots; the state recorded updated; fitted to the limits."
+        event = mapped.event
+        if mapped.after_struct is not None:
+            event.after.MergeFromString(mapped.after_struct)
+        key = mapped.resource_key
+        if mapped.failed or mapped.operation == "READ" or key is None:
+            return fit_event(event)
+        seen = self._seen.get(key)
+        if seen is not None and mapped.moment < seen.moment:
+            if mapped.operation != "CREATE":
+                event.context[OMITTED_KEY] = "before: arrived after a newer change to the resource"
+            return fit_event(event)
+        if seen is not None and mapped.operation in ("UPDATE", "DELETE"):
+            event.before.MergeFromString(seen.snapshot)
+        if mapped.operation == "DELETE":
+            if seen is not None:
+                self._put(key, None)
+        elif mapped.after_struct is not None:
+            self._put(key, Seen(mapped.moment, mapped.after_struct))
+        return fit_event(event)
+
+    def save(self) -> None:
+        "Write what changed (inside the same transaction)."
+        kept = [(k, s.encode()) for k, s in self._changed.items() if s is not None]
+        gone = [k for k, s in self._changed.items() if s is None]
+        if kept:
+            self._tx.set_states(SCOPE, kept)
+        if gone:
+            self._tx.delete_states(SCOPE, gone)
+        self._changed.clear()
+
+
+def resolve_all(tx: SpoolTransaction, batch: Sequence[Mapped]) -> list[pb.AuditEvent]:
+    "Every event of ``batch`` with its snapshots, in order; the states saved in ``tx``."
+    history = History(tx, batch)
+    events = [history.resolve(mapped) for mapped in batch]
+    history.save()
+    return events
