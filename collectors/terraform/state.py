@@ -198,7 +198,9 @@ def _instances(raw: Any) -> dict[str, Instance]:
                 attributes = obj.get("attributes_flat", {})  # states upgraded from 0.11
             if not isinstance(attributes, dict):
                 raise StateError(f"{here}.attributes is not an object")
-            paths = obj.get("sensitive_attributes") or []
+            paths = obj.get("sensitive_attributes")
+            if paths is None:
+                paths = []
             if not isinstance(paths, list):
                 raise StateError(f"{here}.sensitive_attributes must be a list")
             deposed = obj.get("deposed")
