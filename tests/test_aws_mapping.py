@@ -132,6 +132,15 @@ def test_the_identifier_is_the_resource_arn_else_a_name_else_the_event_id() -> N
     assert result.resource_key is None
 
 
+def test_idempotency_keys_are_the_event_id() -> None:
+    record = ct.create_bucket("b")
+    assert mapped(record).event.idempotency_key == f"cloudtrail:{record['eventID']}"
+    record["eventID"] = "x" * 600
+    key = mapped(record).event.idempotency_key
+    assert key.startswith("cloudtrail:sha256:")
+    assert len(key) <= 512
+
+
 def test_blueprints_come_from_the_event_source_and_can_be_renamed() -> None:
     assert mapped(ct.create_bucket("b")).event.blueprint == "aws.s3"
     assert mapped(ct.run_instances()).event.blueprint == "aws.ec2"

@@ -185,6 +185,8 @@ CONTEXT_KEYS = (
     "snapshots_omitted",
 )
 
+MAX_KEY_CHARS = 512  # the service refuses longer idempotency keys
+
 OPERATIONS = {
     "CREATE": pb.OPERATION_CREATE,
     "UPDATE": pb.OPERATION_UPDATE,
@@ -227,6 +229,15 @@ def record_problem(record: Any) -> str:
     if missing:
         return f"not a CloudTrail record: no {', '.join(missing)}"
     return ""
+
+
+def idempotency_key(event_id: str) -> str:
+    """``cloudtrail:<eventID>``: the same for the EventBridge event and the log file's record.
+    An id too long for the service's keys (not one CloudTrail makes) is hashed."""
+    key = f"cloudtrail:{event_id}"
+    if len(key) <= MAX_KEY_CHARS:
+        return key
+    return "cloudtrail:sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
 
 
 def verb(event_name: str) -> str:
@@ -451,7 +462,7 @@ class Mapper:
     ) -> pb.AuditEvent:
         identity = _dict(record.get("userIdentity"))
         event = pb.AuditEvent(
-            idempotency_key=f"cloudtrail:{record['eventID']}",
+            idempotency_key=idempotency_key(record["eventID"]),
             resource=resource,
             identifier=identifier,
             origin=pb.ORIGIN_AWS_EXPORTER,
