@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import pwd
+import re
 import secrets
 import signal
 import socket
@@ -27,6 +28,10 @@ import pytest
 
 from clients import pb
 from clients._values import struct_to_dict, value_to_python
+from collectors import terraform
+from collectors.runtime.app import COMMON_OPTIONS
+from collectors.runtime.options import CONFIG_OPTION, Option
+from collectors.terraform.mapping import CONTEXT_KEYS
 from tests.collector_helpers import (
     CollectorProcess,
     HttpAnswer,
@@ -35,8 +40,9 @@ from tests.collector_helpers import (
     spawn_collector,
     wait_until,
 )
-from tests.helpers import TestServer, Token, list_all, start_server, write_tokens_file
+from tests.helpers import REPO, TestServer, Token, list_all, start_server, write_tokens_file
 from tests.terraform_helpers import Terraform, http_backend, terraform_binary
+from tests.test_collector_cli import option_row
 
 RECORDER = Token("terraform-collector", "recorder", "rec-" + secrets.token_hex(16), ("TERRAFORM",))
 ADMIN = Token("admin@example.com", "admin", "adm-" + secrets.token_hex(16))
@@ -748,3 +754,77 @@ def test_without_credentials_configured_it_listens_on_loopback_only(tmp_path: Pa
         assert collector.request("GET", "/state/open").status == 404
     finally:
         collector.stop()
+
+
+# -- the docs, kept honest ------------------------------------------------------------------
+
+DOC = (REPO / "docs" / "terraform-collector.md").read_text()
+
+
+def doc_blocks(language: str) -> list[str]:
+    "The doc's fenced blocks in ``language`` ('' for those without one)."
+    blocks: list[str] = []
+    opened: str | None = None  # the language of the block being read
+    lines: list[str] = []
+    for line in DOC.splitlines(keepends=True):
+        if not line.startswith("```"):
+            lines.append(line)
+        elif opened is None:
+            opened, lines = line[3:].strip(), []
+        else:
+            if opened == language:
+                blocks.append("".join(lines))
+            opened = None
+    return blocks
+
+
+@pytest.mark.parametrize("option", terraform.OPTIONS, ids=lambda o: o.name)
+def test_the_doc_has_a_row_for_every_option(option: Option) -> None:
+    row = option_row(option)
+    assert row in DOC, f"docs/terraform-collector.md needs this row:\n{row}"
+
+
+def test_the_doc_has_no_stale_option_rows_and_explains_every_counter_and_context_key() -> None:
+    documented = set(re.findall(r"^\| `(--[a-z-]+)` \| `AUDIT_COLLECTOR_", DOC, re.MULTILINE))
+    assert documented == {o.flag for o in terraform.OPTIONS}
+    for name in terraform.COUNTERS:
+        assert f"| `{name}` |" in DOC, name
+    for key in CONTEXT_KEYS:
+        assert f"| `{key}` |" in DOC, key
+
+
+def test_help_lists_every_option_and_its_environment_variable() -> None:
+    result = run_collector("terraform", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for option in (CONFIG_OPTION, *COMMON_OPTIONS, *terraform.OPTIONS):
+        assert option.flag in text
+        assert option.env in text
+
+
+def test_the_docs_backend_block_and_tf_http_variables_work(rig: Rig) -> None:
+    rig.start_service()
+    rig.start_collector()
+    [block] = [b for b in doc_blocks("hcl") if 'backend "http"' in b]
+    documented = rig.terraform("documented", "unused", "")
+    documented.write(block.replace("http://127.0.0.1:8650", rig.url) + GITLAB_STYLE)
+    documented.env.update(TF_HTTP_USERNAME=TF_USER, TF_HTTP_PASSWORD=TF_PASSWORD)
+    documented.init()
+    documented.apply()
+    [event] = rig.events(1)
+    assert (event.identifier, event.context["workspace"]) == ("terraform_data.thing", "prod")
+
+    [exports] = [b for b in doc_blocks("") if "TF_HTTP_LOCK_METHOD" in b]
+    variables = Terraform(rig.tmp / "variables")
+    variables.write('terraform {\n  backend "http" {}\n}\n' + GITLAB_STYLE)
+    for line in exports.splitlines():
+        if line.startswith("export "):
+            for pair in line.removeprefix("export ").split():
+                name, _, value = pair.partition("=")
+                variables.env[name] = value.replace("http://127.0.0.1:8650", rig.url)
+    assert variables.env["TF_HTTP_LOCK_ADDRESS"] == f"{rig.url}/state/prod/lock"
+    variables.env.update(TF_HTTP_USERNAME=TF_USER, TF_HTTP_PASSWORD=TF_PASSWORD)
+    variables.init()
+    plan = variables.run("plan", "-detailed-exitcode")  # the same state, through /lock
+    assert plan.returncode == 0
+    assert rig.stats()["terraform"]["locks"] == 2
