@@ -549,6 +549,7 @@ def corrupt_bodies(good: bytes) -> list[tuple[bytes, str]]:
         (variant(resources={"a": 1}), "resources must be a list"),
         (json.dumps(attributes_list).encode(), "resources[0].instances[0].attributes"),
         (b'{"ID": "abc", "Operation": "OperationTypeApply"}', "this is lock info, not a state"),
+        (b"[" * 5_000 + b"]" * 5_000, "nests deeper than 256 levels"),
     ]
 
 

@@ -430,4 +430,24 @@ def test_attributes_nested_too_deep_cost_the_snapshot_not_the_event() -> None:
     [event] = mapper().events(None, parsed(document), WRITE)
     assert event.operation == pb.OPERATION_CREATE
     assert not event.HasField("after")
-    assert "cannot be a snapshot" in event.context[OMITTED_KEY]
+    assert event.context[OMITTED_KEY] == "the attributes nest deeper than 32 levels"
+
+
+def test_a_body_nesting_past_any_state_is_refused_not_crashed_on() -> None:
+    for body in (
+        b"[" * 100_000 + b"]" * 100_000,
+        json.dumps(state(deep=deep_output(300))).encode(),
+    ):
+        with pytest.raises(StateError, match="nests deeper than 256 levels"):
+            parse_state(body)
+    shallow = parsed(state(deep=deep_output(40)))
+    [event] = mapper().events(None, shallow, WRITE)
+    assert not event.HasField("after")
+    assert event.context[OMITTED_KEY] == "the outputs nest deeper than 32 levels"
+
+
+def deep_output(levels: int) -> dict[str, Any]:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = [value]
+    return {"value": value, "type": "dynamic"}

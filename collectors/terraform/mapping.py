@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from clients import pb
-from collectors.runtime.limits import OMITTED_KEY, fit_event
+from collectors.runtime.limits import MAX_SNAPSHOT_DEPTH, OMITTED_KEY, fit_event, fits_as_snapshot
 from collectors.runtime.snapshots import NotASnapshot, encode_struct
 from collectors.terraform.redact import Redactor, sensitive_strings
 from collectors.terraform.state import Instance, TerraformState
@@ -213,8 +213,14 @@ class Mapper:
             (event.after, after),
         )
         for target, source in snapshots:
-            if source is not None:
-                self._snapshot(event, target, self.redactor.attributes(source, secrets))
+            if source is None:
+                continue
+            if not fits_as_snapshot(source.attributes):
+                event.context[OMITTED_KEY] = (
+                    f"the attributes nest deeper than {MAX_SNAPSHOT_DEPTH} levels"
+                )
+                continue
+            self._snapshot(event, target, self.redactor.attributes(source, secrets))
         return fit_event(event)
 
     def _snapshot(self, event: pb.AuditEvent, target: Any, value: dict[str, Any]) -> None:
@@ -250,8 +256,14 @@ class Mapper:
             write.workspace,
             OUTPUTS_BLUEPRINT,
         )
-        if previous is not None and old:
-            self._snapshot(event, event.before, self.redactor.outputs(previous, secrets))
-        if new:
-            self._snapshot(event, event.after, self.redactor.outputs(current, secrets))
+        for target, state in ((event.before, previous), (event.after, current)):
+            if state is None or not state.outputs:
+                continue
+            values = {name: output.value for name, output in state.outputs.items()}
+            if not fits_as_snapshot(values):
+                event.context[OMITTED_KEY] = (
+                    f"the outputs nest deeper than {MAX_SNAPSHOT_DEPTH} levels"
+                )
+                continue
+            self._snapshot(event, target, self.redactor.outputs(state, secrets))
         return fit_event(event)

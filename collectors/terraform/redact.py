@@ -35,9 +35,12 @@ FINGERPRINT_HEX_CHARS = 16
 Step = tuple[str, Any]  # ("attr", name) or ("index", key)
 
 
+MAX_PATH_STEPS = 64
+
+
 def parse_path(raw: Any) -> list[Step] | None:
     "A ``sensitive_attributes`` path as steps; None when it is not one."
-    if not isinstance(raw, list) or not raw:
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_PATH_STEPS:
         return None
     steps: list[Step] = []
     for step in raw:

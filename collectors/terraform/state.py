@@ -23,8 +23,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from collectors.runtime.limits import depth
+
 STATE_VERSION = 4
 MAX_LOCK_ID_CHARS = 512
+MAX_DEPTH = 256  # nesting of objects and arrays; Terraform's values come nowhere near it
 MODES = ("managed", "data")
 
 
@@ -76,11 +79,16 @@ class LockInfo:
 
 def _load(body: bytes, what: str) -> Any:
     try:
-        return json.loads(body)
+        document = json.loads(body)
     except UnicodeDecodeError:
         raise StateError(f"the body is not UTF-8 {what} JSON") from None
     except ValueError as exc:
         raise StateError(f"the body is not {what} JSON: {exc}") from None
+    except RecursionError:
+        raise StateError(f"the body nests deeper than {MAX_DEPTH} levels") from None
+    if depth(document) > MAX_DEPTH:
+        raise StateError(f"the body nests deeper than {MAX_DEPTH} levels")
+    return document
 
 
 def _is_int(value: Any) -> bool:
