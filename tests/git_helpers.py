@@ -755,7 +755,7 @@ class GitRig:
         assert self.server is not None
         return self.server.endpoint
 
-    def start_collector(self, *extra: str) -> CollectorProcess:
+    def start_collector(self, *extra: str, env: dict[str, str] | None = None) -> CollectorProcess:
         args = [
             "--service",
             self.endpoint,
@@ -771,7 +771,7 @@ class GitRig:
             "20",
             *extra,
         ]
-        collector = spawn_collector("git", *args, log_path=self.tmp / "collector.log")
+        collector = spawn_collector("git", *args, log_path=self.tmp / "collector.log", env=env)
         self.collectors.append(collector)
         return collector
 
@@ -827,3 +827,95 @@ def patched(diff: pb.GetDiffResponse) -> dict[str, Any]:
 
 def patch_paths(diff: pb.GetDiffResponse) -> set[tuple[str, str]]:
     return {(op.op, op.path) for op in diff.patch}
+
+
+class GitHttpsServer:
+    """Git's smart HTTP protocol over TLS on loopback: ``git http-backend`` (git's own CGI
+    program) behind a small threaded HTTPS server that requires HTTP basic auth, as a hosted
+    Git service does for a private repository. ``authorizations`` holds every
+    ``Authorization`` header received."""
+
+    def __init__(self, root: Path, cert: Path, key: Path, credentials: str) -> None:
+        import base64
+        import ssl
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.root = root
+        self.expected = "Basic " + base64.b64encode(credentials.encode()).decode()
+        self.authorizations: list[str] = []
+        backend = Path(git(root, "--exec-path").strip()) / "git-http-backend"
+        server_self = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._serve()
+
+            def do_POST(self) -> None:
+                self._serve()
+
+            def _serve(self) -> None:
+                presented = self.headers.get("Authorization") or ""
+                if presented:
+                    server_self.authorizations.append(presented)
+                if presented != server_self.expected:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                path, _, query = self.path.partition("?")
+                env = {
+                    **git_env(),
+                    "GIT_PROJECT_ROOT": str(server_self.root),
+                    "GIT_HTTP_EXPORT_ALL": "1",
+                    "PATH_INFO": path,
+                    "QUERY_STRING": query,
+                    "REQUEST_METHOD": self.command,
+                    "CONTENT_TYPE": self.headers.get("Content-Type") or "",
+                    "CONTENT_LENGTH": str(len(body)),
+                    "REMOTE_ADDR": "127.0.0.1",
+                    "REMOTE_USER": "reader",
+                    "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding") or "",
+                    "GIT_PROTOCOL": self.headers.get("Git-Protocol") or "",
+                }
+                result = subprocess.run(
+                    [str(backend)], input=body, env=env, capture_output=True, check=False
+                )
+                head, _, payload = result.stdout.partition(b"\r\n\r\n")
+                status = 200
+                headers: list[tuple[str, str]] = []
+                for line in head.decode().split("\r\n"):
+                    name, _, value = line.partition(":")
+                    if name.lower() == "status":
+                        status = int(value.split()[0])
+                    elif name:
+                        headers.append((name, value.strip()))
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        return f"https://127.0.0.1:{self.port}/{name}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

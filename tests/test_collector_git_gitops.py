@@ -16,6 +16,7 @@ from clients import pb
 from collectors.git.gitops import Repository
 from tests.collector_helpers import wait_until
 from tests.git_helpers import (
+    GitHttpsServer,
     GitRig,
     WorkRepo,
     bare_repo,
@@ -365,3 +366,45 @@ def test_hostile_files_are_failures_and_the_follower_carries_on(rig: GitRig) -> 
     logs = collector.logs()
     assert "cannot follow the repository; will try again" in logs
     assert "following the repository again" in logs
+
+
+def test_a_private_repository_over_https_with_a_token_file(rig: GitRig) -> None:
+    from tests.tls_certs import make_pki
+
+    (rig.tmp / "pki").mkdir()
+    pki = make_pki(rig.tmp / "pki")
+    served = rig.tmp / "served"
+    served.mkdir()
+    remote = bare_repo(served / "catalog.git")
+    work = WorkRepo.create(rig.tmp / "work")
+    work.write(".auditlog/svc.yaml", "identifier: vault-proxy\nblueprint: service\n")
+    commit = work.commit("add vault-proxy", ALICE)
+    work.push(remote)
+    token = "ghp_" + os.urandom(12).hex()
+    server = GitHttpsServer(served, pki.server_cert, pki.server_key, f"x-access-token:{token}")
+    try:
+        token_file = rig.tmp / "repo.token"
+        token_file.write_text("ghp_wrong\n")
+        collector = rig.start_collector(
+            *follow(rig, server.url("catalog.git"), "--repo-token-file", str(token_file)),
+            "--replay-history",
+            env={"GIT_SSL_CAINFO": str(pki.ca_cert)},
+        )
+        # The wrong token is refused (401): logged, retried, nothing recorded.
+        wait_until(lambda: collector.stats()["git"].get("gitops_fetch_failures", 0) >= 1)
+        token_file.write_text(token + "\n")  # rotated: read again on the next round
+        [event] = rig.events(1)
+        assert event.identifier == "vault-proxy"
+        assert event.context["commit"] == commit
+        assert event.context["repo"] == f"127.0.0.1:{server.port}/catalog"
+        assert server.expected in server.authorizations
+        wait_until(lambda: collector.stats()["spooled"] == 0)
+        assert collector.stop() == 0
+        logs = collector.logs()
+        assert "cannot follow the repository" in logs
+        for secret in (token, server.expected.split()[1]):
+            assert secret not in logs
+            for path in [*rig.tmp.glob("audit.db*"), *rig.spool.parent.glob("git.db*")]:
+                assert secret.encode() not in path.read_bytes(), path
+    finally:
+        server.close()

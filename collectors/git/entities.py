@@ -223,8 +223,10 @@ def parse_entities(path: str, data: bytes) -> list[dict[str, Any]]:
             documents = [json.loads(text)] if text.strip() else []
         else:
             documents = list(yaml.load_all(text, Loader=_Loader))
-    except (yaml.YAMLError, json.JSONDecodeError, RecursionError) as exc:
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise EntityFileError(_syntax_error(exc)) from None
+    except RecursionError:
+        raise EntityFileError("nests too deep to be read") from None
     budget = _Budget(MAX_NODES)
     entities: list[dict[str, Any]] = []
     many = len(documents) > 1

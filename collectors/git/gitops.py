@@ -246,6 +246,11 @@ class GitOpsFollower:
             stop.wait(self.repo.interval)
 
     def _failed(self, error: str) -> None:
+        if "could not read Username" in error or "Authentication failed" in error:
+            error += (
+                "; the server wants credentials it did not get or refused: check the token"
+                " file (--repo-token-file, or token_file in --repositories)"
+            )
         self.runtime.count("gitops_fetch_failures")
         self.status.last_error = error
         now = time.monotonic()
