@@ -35,7 +35,7 @@ COUNTERS = (
     "recovered_versions",
 )
 
-KEY_SCOPE = "terraform"
+KEY_SCOPE = "terraform"  # the spool state's scope for this collector
 REDACTION_KEY = "redaction-key"
 DEFAULT_MAX_STATE_BYTES = 64 * 1024 * 1024
 
@@ -121,7 +121,7 @@ def setup(runtime: Runtime) -> None:
             prefix=True,
         )
     runtime.add_worker("spooler", spooler.run)
-    runtime.add_stats("backend", store.counts)
+    runtime.add_stats("backend", spooler.counts)
 
 
 PLUGIN = Plugin(

@@ -34,7 +34,13 @@ from typing import Any
 from clients import pb
 from collectors.runtime import Request, Response, Runtime, SpoolFull
 from collectors.terraform.mapping import Mapper, Write
-from collectors.terraform.state import LockInfo, StateError, parse_lock, parse_state
+from collectors.terraform.state import (
+    LockInfo,
+    StateError,
+    TerraformState,
+    parse_lock,
+    parse_state,
+)
 from collectors.terraform.store import StateStore, StoredVersion, Transaction
 
 PREFIX = "/state/"
@@ -93,33 +99,65 @@ def _query_id(request: Request) -> str:
     return values[0] if values else ""
 
 
+class ParsedStates:
+    "The states of the last few stored versions, parsed: the next write's previous one."
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._states: dict[int, TerraformState] = {}
+
+    def get(self, version_id: int, body: bytes) -> TerraformState:
+        with self._lock:
+            found = self._states.get(version_id)
+        if found is None:
+            found = parse_state(body)
+            self.put(version_id, found)
+        return found
+
+    def put(self, version_id: int, state: TerraformState) -> None:
+        with self._lock:
+            self._states[version_id] = state
+            while len(self._states) > self._size:
+                del self._states[next(iter(self._states))]
+
+
+SCOPE = "terraform"
+SPOOLED_THROUGH = "spooled-through"  # spool state: the last version whose events it holds
+
+
 class Spooler:
-    """Puts the events of stored versions into the spool, oldest version first, and marks
-    them; the backend calls it after each write, and its worker goes on when the spool was
-    full, and at start for what a crash left behind."""
+    """Puts the events of stored versions into the spool, in order of version, each spool
+    transaction with the mark of the last version it holds; the backend calls it after each
+    write, and its worker goes on when the spool was full, and at start for what a crash left
+    behind."""
 
     def __init__(self, runtime: Runtime, store: StateStore, mapper: Mapper) -> None:
         self.runtime = runtime
         self.store = store
         self.mapper = mapper
         self.log = runtime.logger("backend")
+        self.parsed = ParsedStates()
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        mark = runtime.spool.get_state(SCOPE, SPOOLED_THROUGH)
+        self.spooled_through = int(mark) if mark else 0
 
     def events(self, version: StoredVersion) -> list[pb.AuditEvent]:
         "The events of ``version``, made from the stored bodies."
         previous = None
         if version.previous is not None:
             body = self.store.body(version.previous)
-            previous = parse_state(body) if body is not None else None
-        return self.mapper.events(previous, parse_state(version.body), write_of(version))
+            previous = self.parsed.get(version.previous, body) if body is not None else None
+        current = self.parsed.get(version.id, version.body)
+        return self.mapper.events(previous, current, write_of(version))
 
     def flush(self, made: dict[int, list[pb.AuditEvent]] | None = None, wait: float = 0) -> bool:
         """Spool the events of every version not spooled yet (``made``: events already made,
         by version). True when none is left; False when the spool was full (for ``wait``
         seconds)."""
         with self._lock:
-            while pending := self.store.pending():
+            while pending := self.store.pending(self.spooled_through):
                 for version in pending:
                     events = (made or {}).get(version.id)
                     if events is None:
@@ -132,12 +170,17 @@ class Spooler:
                         with self.runtime.spool.transaction() as tx:
                             for event in events:
                                 tx.add(event)
+                            tx.set_state(SCOPE, SPOOLED_THROUGH, str(version.id))
                     except SpoolFull:
                         self._wake.set()
                         return False
-                    self.store.mark_spooled(version.id)
+                    self.spooled_through = version.id
                     self.runtime.count("events_spooled", len(events))
             return True
+
+    def counts(self) -> dict[str, int]:
+        "The state database's counts, for /stats."
+        return self.store.counts(self.spooled_through)
 
     def run(self, stop: threading.Event) -> None:
         "The worker: what the backend could not spool at once, spooled as room appears."
@@ -280,13 +323,17 @@ class StateBackend:
 
     def write(self, target: Target, request: Request) -> Response:
         try:
-            state = parse_state(request.body)
-        except StateError as exc:
+            return self._write(target, request)
+        except StateError as exc:  # nothing was stored
             self.runtime.count("states_refused")
             self.log.warning(
                 "state refused", workspace=target.workspace, client=request.client, reason=str(exc)
             )
             return Response.error(HTTPStatus.BAD_REQUEST, f"{exc}; the state is unchanged")
+
+    def _write(self, target: Target, request: Request) -> Response:
+        ":raises StateError: not a state (before anything is stored)."
+        state = parse_state(request.body)
         digest = hashlib.sha256(request.body).hexdigest()
         lock_id = _query_id(request)
         user = basic_auth_user(request)
@@ -298,7 +345,7 @@ class StateBackend:
             if head is not None and head.sha256 == digest:
                 self.runtime.count("states_unchanged")
                 return Response.json(HTTPStatus.OK, {"version": head.id, "unchanged": True})
-            previous = parse_state(head.body) if head is not None else None
+            previous = self.spooler.parsed.get(head.id, head.body) if head is not None else None
             version = tx.add_version(
                 previous=head.id if head is not None else None,
                 lineage=state.lineage,
@@ -312,8 +359,12 @@ class StateBackend:
                 backend_user=user,
                 reused_serial=tx.serial_stored_before(state.lineage, state.serial),
             )
-            events = self.spooler.mapper.events(previous, state, write_of(version))
+            try:
+                events = self.spooler.mapper.events(previous, state, write_of(version))
+            except RecursionError:  # values nesting nearly as deep as JSON parsing allows
+                raise StateError("the state nests too deep to compare") from None
             self.runtime.spool.ensure_room(len(events))  # full: 503, and nothing stored
+        self.spooler.parsed.put(version.id, state)
         # The version is durable; its events go to the spool before Terraform hears back
         # (or, the spool having filled meanwhile, as soon as it has room: they are made
         # again from the stored version).

@@ -23,11 +23,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from collectors.runtime.limits import depth
-
 STATE_VERSION = 4
 MAX_LOCK_ID_CHARS = 512
-MAX_DEPTH = 256  # nesting of objects and arrays; Terraform's values come nowhere near it
 MODES = ("managed", "data")
 
 
@@ -84,10 +81,8 @@ def _load(body: bytes, what: str) -> Any:
         raise StateError(f"the body is not UTF-8 {what} JSON") from None
     except ValueError as exc:
         raise StateError(f"the body is not {what} JSON: {exc}") from None
-    except RecursionError:
-        raise StateError(f"the body nests deeper than {MAX_DEPTH} levels") from None
-    if depth(document) > MAX_DEPTH:
-        raise StateError(f"the body nests deeper than {MAX_DEPTH} levels")
+    except RecursionError:  # Python's JSON parser stops near 1,000 levels
+        raise StateError(f"the body is not {what} JSON: it nests too deep") from None
     return document
 
 

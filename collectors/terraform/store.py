@@ -6,13 +6,14 @@ spool must not. Tables:
 - ``workspace``: one row per workspace: its current version (``head``; NULL once deleted or
   before the first write) and the lock held on it (Terraform's lock info JSON, as sent).
 - ``version``: every state body ever accepted, never changed or removed, with what was known
-  when it was written (the lock's Who and Operation, the lock ID, the basic-auth user), the
-  version it replaced (``previous``: its events are the difference) and whether its events
-  are in the spool yet (``spooled``).
+  when it was written (the lock's Who and Operation, the lock ID, the basic-auth user) and the
+  version it replaced (``previous``: its events are the difference).
 
-A write is committed here first; its events are spooled next, and the version marked. A crash
-between the two leaves ``spooled = 0``, and the events are made again from the two stored
-bodies at the next start (``pending``), with the same idempotency keys.
+A write is committed here first; its events are spooled next, in order of version, each
+spool transaction recording the last version whose events it holds (in the spool's state
+table, so the mark and the events are one commit). A crash between the two commits leaves
+versions past the mark, and their events are made again from the stored bodies at the next
+start (``pending``), with the same idempotency keys.
 """
 
 from __future__ import annotations
@@ -48,12 +49,10 @@ CREATE TABLE IF NOT EXISTS version (
     operation TEXT NOT NULL,
     lock_id TEXT NOT NULL,
     backend_user TEXT NOT NULL,
-    reused_serial INTEGER NOT NULL,
-    spooled INTEGER NOT NULL DEFAULT 0
+    reused_serial INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS version_by_workspace ON version (workspace, id);
 CREATE INDEX IF NOT EXISTS version_by_serial ON version (lineage, serial);
-CREATE INDEX IF NOT EXISTS version_unspooled ON version (id) WHERE spooled = 0;
 """
 
 
@@ -303,27 +302,24 @@ class StateStore:
             ).fetchall()
         return (None if head is None else head[0]), [_version(r) for r in rows]
 
-    def pending(self, limit: int = 100) -> list[StoredVersion]:
-        "Versions whose events are not in the spool yet, oldest first."
+    def pending(self, after: int, limit: int = 100) -> list[StoredVersion]:
+        "Versions stored after version ``after``, oldest first."
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM version WHERE spooled = 0 ORDER BY id LIMIT ?",  # noqa: S608
-                (limit,),
+                f"SELECT {_COLUMNS} FROM version WHERE id > ? ORDER BY id LIMIT ?",  # noqa: S608
+                (after, limit),
             ).fetchall()
         return [_version(r) for r in rows]
 
-    def mark_spooled(self, version_id: int) -> None:
-        with self._lock:
-            self._conn.execute("UPDATE version SET spooled = 1 WHERE id = ?", (version_id,))
-
-    def counts(self) -> dict[str, int]:
+    def counts(self, spooled_through: int) -> dict[str, int]:
         "For /stats: workspaces with a state, versions, locks held, versions not spooled yet."
         with self._lock:
             row = self._conn.execute(
                 "SELECT (SELECT count(*) FROM workspace WHERE head IS NOT NULL),"
                 " (SELECT count(*) FROM version),"
                 " (SELECT count(*) FROM workspace WHERE lock IS NOT NULL),"
-                " (SELECT count(*) FROM version WHERE spooled = 0)"
+                " (SELECT count(*) FROM version WHERE id > ?)",
+                (spooled_through,),
             ).fetchone()
         return {
             "workspaces": row[0],

@@ -12,5 +12,6 @@ BENCHMARKS = {
     "retention": "scripts.benchmarks.retention",
     "generate": "scripts.benchmarks.dataset",
     "collector-kubernetes": "scripts.benchmarks.collector_kubernetes",
+    "collector-terraform": "scripts.benchmarks.collector_terraform",
     "postgres": "scripts.benchmarks.postgres",
 }
