@@ -474,6 +474,29 @@ def test_log_files_are_listed_from_a_checkpoint_and_a_restart_resumes_there(rig:
     assert stats["aws"]["sources"]["s3-listing"]["partitions"] == 2
 
 
+def test_a_restart_resumes_inside_a_big_log_file(rig: Rig) -> None:
+    # No service, and room for one chunk of 1,000 records: the second chunk waits; a SIGKILL
+    # then, and the restart goes on from record 1,000 of the same file.
+    bucket = rig.bucket()
+    records = [ct.create_bucket(f"bulk-{i:04d}") for i in range(2500)]
+    key = ct.log_key()
+    rig.put(bucket, key, ct.log_file(records))
+    collector = rig.start_collector("--bucket", bucket, "--spool-max-events", "1000", poll="0.5")
+    wait_until(lambda: collector.stats()["aws"].get("spool_full_pauses", 0) >= 1)
+    assert rig.spool_state("aws.s3-files") == {f"s3://{bucket}/{key}": b"1000"}
+    assert collector.stats()["spooled"] == 1000
+    collector.kill()
+    rig.start_service()
+    collector = rig.start_collector("--bucket", bucket, poll="0.5")
+    events = rig.events(2500, timeout=60)
+    assert {e.identifier for e in events} == {f"bulk-{i:04d}" for i in range(2500)}
+    stats = settled(collector, log_files_read=1)
+    assert stats["aws"]["log_file_records"] == 2500
+    assert stats["aws"]["mapped"] == 1500  # the rest was in the spool already
+    assert rig.spool_state("aws.s3-files") == {}
+    assert "resuming a log file" in collector.logs()
+
+
 def test_secret_looking_values_never_reach_the_spool_or_the_service(rig: Rig) -> None:
     rig.start_service()
     bucket = rig.bucket()
@@ -525,6 +548,21 @@ def test_s3_event_notifications_announce_the_log_files(rig: Rig) -> None:
     assert stats["aws"]["notifications_without_log_files"] == 1  # the s3:TestEvent
     assert rig.in_queue(url) == 0
     assert stats["aws"]["sources"]["s3-notifications"]["failing"] is False
+
+
+def test_a_queue_that_does_not_exist_is_reported_and_retried(rig: Rig) -> None:
+    missing = f"{rig.moto.endpoint}/123456789012/{unique('no-such-queue')}"
+    collector = rig.start_collector("--queue-url", missing, poll="0.5")
+
+    def failing() -> dict[str, Any] | None:
+        source = collector.stats()["aws"]["sources"]["eventbridge"]
+        return source if source["failing"] else None
+
+    source = wait_until(failing)
+    assert "NonExistentQueue" in source["last_error"] or "QueueDoesNotExist" in source["last_error"]
+    assert collector.request("GET", "/healthz").json() == {"status": "ok"}
+    assert collector.stop() == 0
+    assert "reading failed; will retry" in collector.logs()
 
 
 # -- the command ------------------------------------------------------------------------------

@@ -109,9 +109,11 @@ class LogFileReader:
                     tx.set_state(PROGRESS_SCOPE, name, str(end))
 
             chunk = records[begin:end]
-            if not spool_when_room(
-                self.runtime, stop, lambda c=chunk, a=also: self.ingest(c, a), len(chunk)
-            ):
+
+            def write(chunk: list[Any] = chunk, also: WhenDone = also) -> None:
+                self.ingest(chunk, also)
+
+            if not spool_when_room(self.runtime, stop, write, len(chunk)):
                 return False
         return True
 

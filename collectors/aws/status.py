@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -91,7 +92,11 @@ class Backoff:
 
 
 def spool_when_room(
-    runtime: Runtime, stop: threading.Event, write: Any, events: int, wait: float = 1.0
+    runtime: Runtime,
+    stop: threading.Event,
+    write: Callable[[], object],
+    events: int,
+    wait: float = 1.0,
 ) -> bool:
     """Call ``write()`` (which spools ``events`` events) until the spool takes it: True; False
     when the collector stops first (nothing was written)."""
