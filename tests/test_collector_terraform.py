@@ -623,6 +623,9 @@ def test_lock_semantics_over_http(rig: Rig) -> None:
     assert rig.call("LOCK", ws, b"{}").status == 400
     assert "needs an ID" in rig.call("LOCK", ws, b'{"ID": ""}').json()["error"]
 
+    garbled = rig.call("POST", f"{ws}?ID=one", state_body(1), headers={"Content-MD5": "AAAA"})
+    assert garbled.status == 400
+    assert "Content-MD5" in garbled.json()["error"]
     assert rig.call("POST", ws, state_body(1)).status == 423  # no ID
     assert rig.call("POST", f"{ws}?ID=two", state_body(1)).status == 423  # another's ID
     written = rig.call("POST", f"{ws}?ID=one", state_body(1))

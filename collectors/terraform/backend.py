@@ -89,6 +89,17 @@ def basic_auth_user(request: Request) -> str:
     return decoded.partition(":")[0]
 
 
+def check_md5(request: Request) -> None:
+    """Terraform sends ``Content-MD5`` (base64) with every body: a body changed on the way
+    is refused. :raises StateError:"""
+    sent = (request.headers.get("Content-MD5") or "").strip()
+    if not sent:
+        return
+    digest = hashlib.md5(request.body, usedforsecurity=False).digest()
+    if base64.b64encode(digest).decode() != sent:
+        raise StateError("the body does not match its Content-MD5 header (changed on the way?)")
+
+
 def _locked(holder: bytes) -> Response:
     "423 with the holder's lock info as the body: Terraform reads the ID from it."
     return Response(HTTPStatus.LOCKED, holder)
@@ -102,7 +113,7 @@ def _query_id(request: Request) -> str:
 class ParsedStates:
     "The states of the last few stored versions, parsed: the next write's previous one."
 
-    def __init__(self, size: int = 8) -> None:
+    def __init__(self, size: int = 2) -> None:
         self._size = size
         self._lock = threading.Lock()
         self._states: dict[int, TerraformState] = {}
@@ -333,6 +344,7 @@ class StateBackend:
 
     def _write(self, target: Target, request: Request) -> Response:
         ":raises StateError: not a state (before anything is stored)."
+        check_md5(request)
         state = parse_state(request.body)
         digest = hashlib.sha256(request.body).hexdigest()
         lock_id = _query_id(request)
