@@ -17,6 +17,18 @@ from clients import pb
 _MAX_SAFE_INT = 2**53
 
 
+def _numbers(model: Any, wire: Any, prefix: str) -> dict[Any, Any]:
+    "Model enum member -> wire enum number (``ENTITY`` -> ``RESOURCE_TYPE_ENTITY``'s)."
+    return {member: wire.Value(prefix + member.value) for member in model}
+
+
+_RESOURCE_NUMBERS = _numbers(models.ResourceType, pb.ResourceType, "RESOURCE_TYPE_")
+_OPERATION_NUMBERS = _numbers(models.Operation, pb.Operation, "OPERATION_")
+_SOURCE_KIND_NUMBERS = _numbers(models.SourceKind, pb.SourceKind, "SOURCE_KIND_")
+_ORIGIN_NUMBERS = _numbers(models.Origin, pb.Origin, "ORIGIN_")
+_STATUS_NUMBERS = _numbers(models.Status, pb.Status, "STATUS_")
+
+
 def _enum_name(enum_type: Any, prefix: str, number: int, where: str, *, required: bool) -> str:
     try:
         full: str = enum_type.Name(number)
@@ -120,17 +132,17 @@ def event_to_pb(event: StoredEvent, out: pb.AuditEvent) -> None:
     out.idempotency_key = event.idempotency_key
     ns_to_timestamp(event.occurred_at, out.occurred_at)
     ns_to_timestamp(event.recorded_at, out.recorded_at)
-    out.resource = pb.ResourceType.Value("RESOURCE_TYPE_" + event.resource.value)
+    out.resource = _RESOURCE_NUMBERS[event.resource]
     out.identifier = event.identifier
     out.blueprint = event.blueprint
     out.integration = event.integration
     out.run_id = event.run_id
-    out.operation = pb.Operation.Value("OPERATION_" + event.operation.value)
-    out.source.kind = pb.SourceKind.Value("SOURCE_KIND_" + event.source.kind.value)
+    out.operation = _OPERATION_NUMBERS[event.operation]
+    out.source.kind = _SOURCE_KIND_NUMBERS[event.source.kind]
     out.source.id = event.source.id
     out.source.name = event.source.name
-    out.origin = pb.Origin.Value("ORIGIN_" + event.origin.value)
-    out.status = pb.Status.Value("STATUS_" + event.status.value)
+    out.origin = _ORIGIN_NUMBERS[event.origin]
+    out.status = _STATUS_NUMBERS[event.status]
     out.error = event.error
     if event.before is not None:
         dict_to_struct(event.before, out.before)

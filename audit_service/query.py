@@ -27,6 +27,7 @@ class Kind(enum.Enum):
     TIME = "time"
     ENUM = "enum"
     TEXT = "text"
+    SEARCH = "search"  # text searched, not compared: CONTAINS only, never a sort
 
 
 class Op(enum.StrEnum):
@@ -45,7 +46,9 @@ OPS_BY_KIND: dict[Kind, frozenset[Op]] = {
     Kind.TIME: frozenset({Op.EQUALS, Op.NOT_EQUALS}) | RANGE_OPS,
     Kind.ENUM: frozenset({Op.EQUALS, Op.NOT_EQUALS}),
     Kind.TEXT: frozenset(Op),
+    Kind.SEARCH: frozenset({Op.CONTAINS}),
 }
+MIN_SEARCH_CHARS = 3  # the trigram index cannot match fewer
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +79,14 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("status", Kind.ENUM, "success or failure", models.Status, "STATUS_"),
         FieldSpec("error", Kind.TEXT, "the failure's description"),
         FieldSpec("recorded_by", Kind.TEXT, "the principal that submitted the event"),
+        FieldSpec(
+            "snapshot_text",
+            Kind.SEARCH,
+            "the keys and string values of the before and after snapshots",
+        ),
     )
 }
-SORTABLE = tuple(FIELDS)
+SORTABLE = tuple(name for name, spec in FIELDS.items() if spec.kind is not Kind.SEARCH)
 DEFAULT_SORT = "occurred_at desc"
 
 
@@ -225,6 +233,10 @@ def parse_condition(field: str, op: str, values: Sequence[str], where: str) -> C
         else:
             if parsed_op in (Op.CONTAINS, Op.STARTS_WITH) and value == "":
                 raise InvalidArgument(at, f"{parsed_op.value} needs a non-empty value")
+            if spec.kind is Kind.SEARCH and len(value) < MIN_SEARCH_CHARS:
+                raise InvalidArgument(
+                    at, f"{field} searches need at least {MIN_SEARCH_CHARS} characters"
+                )
             normalized.append(value)
     return Condition(field, spec.kind, parsed_op, tuple(normalized), context_key)
 
@@ -234,7 +246,7 @@ def parse_sort(order_by: str) -> Sort:
     if len(parts) > 2:
         raise InvalidArgument("order_by", f"{order_by!r} is not '<field> [asc|desc]'")
     name = parts[0]
-    if name not in FIELDS:
+    if name not in SORTABLE:
         raise InvalidArgument(
             "order_by", f"cannot sort by {name!r}; valid fields: {', '.join(SORTABLE)}"
         )

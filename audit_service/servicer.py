@@ -148,14 +148,14 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         response = pb.ListResponse(next_page_token=page.next_page_token)
         size = 0
         for i, event in enumerate(page.events):
-            item = pb.AuditEvent()
+            item = response.events.add()
             convert.event_to_pb(event, item)
             size += item.ByteSize() + 8
             if size > MAX_LIST_RESPONSE_BYTES and i > 0:
                 # Cut the page short rather than send more than clients accept by default.
+                del response.events[-1]
                 response.next_page_token = page.token_after(i - 1)
                 break
-            response.events.append(item)
         return response
 
     @_reports_errors

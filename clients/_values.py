@@ -46,6 +46,7 @@ FILTER_FIELDS = (
     "status",
     "error",
     "recorded_by",
+    "snapshot_text",  # CONTAINS only; not a sort
 )
 CONTEXT_PREFIX = "context."
 FILTER_OPS: dict[str, str] = {

@@ -542,6 +542,9 @@ class PostgresStorage:
     def _condition_sql(self, c: Condition) -> tuple[str, list[Any]]:
         if c.context_key is not None:
             return self._context_sql(c)
+        if c.field == "snapshot_text":  # no index: read every candidate's snapshots
+            text = "auditlog_snapshot_text(e.before, e.after)"
+            return self._value_sql(text, c.op, c.values, Kind.TEXT)
         if c.field == "source":
             id_sql, id_args = self._value_sql("e.source_id", c.op, c.values, c.kind)
             name_sql, name_args = self._value_sql("e.source_name", c.op, c.values, c.kind)

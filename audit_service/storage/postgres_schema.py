@@ -218,7 +218,31 @@ def _v1_events(conn: psycopg.Connection[Any]) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [_v1_events]
+def _v2_snapshot_text(conn: psycopg.Connection[Any]) -> None:
+    # What CONTAINS on snapshot_text searches, as SQLite's SNAPSHOT_TEXT_SQL computes it:
+    # the keys and string values of a snapshot, each once, sorted by bytes, one per line.
+    # (A snapshot holding U+0000 is stored as a JSON string of its JSON text: that text.)
+    conn.execute(
+        "CREATE FUNCTION auditlog_snapshot_text(before jsonb, after jsonb) RETURNS text"
+        " LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$"
+        " SELECT string_agg(v, E'\\n' ORDER BY v COLLATE \"C\") FROM ("
+        "   SELECT item #>> '{}' AS v"
+        "   FROM jsonb_path_query(coalesce(before, 'null'), 'strict $.**') AS item"
+        "   WHERE jsonb_typeof(item) = 'string'"
+        "   UNION SELECT item #>> '{}'"
+        "   FROM jsonb_path_query(coalesce(after, 'null'), 'strict $.**') AS item"
+        "   WHERE jsonb_typeof(item) = 'string'"
+        "   UNION SELECT k FROM jsonb_path_query(coalesce(before, 'null'), 'strict $.**')"
+        "   AS item, jsonb_object_keys(CASE WHEN jsonb_typeof(item) = 'object'"
+        "   THEN item ELSE '{}' END) AS k"
+        "   UNION SELECT k FROM jsonb_path_query(coalesce(after, 'null'), 'strict $.**')"
+        "   AS item, jsonb_object_keys(CASE WHEN jsonb_typeof(item) = 'object'"
+        "   THEN item ELSE '{}' END) AS k"
+        " ) AS texts $$"
+    )
+
+
+MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [_v1_events, _v2_snapshot_text]
 
 
 def migrate(conn: psycopg.Connection[Any]) -> int:
@@ -256,4 +280,4 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
     return len(MIGRATIONS)
 
 
-assert set(FIELDS) - {"source"} <= set(INDEXED_COLUMNS)
+assert set(FIELDS) - {"source", "snapshot_text"} <= set(INDEXED_COLUMNS)

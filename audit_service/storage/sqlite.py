@@ -20,7 +20,7 @@ from audit_service.keys import ServerKey, key_path_for
 from audit_service.models import NewEvent, RecordOutcome, StoredEvent
 from audit_service.query import Condition, Cursor, Kind, Op, Query, Sort
 from audit_service.storage.base import StorageError
-from audit_service.storage.sqlite_schema import migrate
+from audit_service.storage.sqlite_schema import SNAPSHOT_TEXT_SQL, migrate
 
 Durability = Literal["FULL", "NORMAL"]
 
@@ -39,6 +39,10 @@ _INSERT_EVENT = (
 _INSERT_CONTEXT = "INSERT INTO event_context (key, value, seq) VALUES (?, ?, ?)"
 _INSERT_SNAPSHOT = "INSERT INTO snapshots (seq, before, after) VALUES (?, ?, ?)"
 _INSERT_ERROR_FTS = "INSERT INTO error_fts (rowid, error) VALUES (?, ?)"
+_INDEX_SNAPSHOTS = (
+    f"INSERT INTO snapshot_fts (rowid, text) SELECT s.seq, {SNAPSHOT_TEXT_SQL}"
+    " FROM snapshots s WHERE s.seq BETWEEN ? AND ?"
+)
 # Rows per INSERT statement: powers of two up to this. Every statement step releases and
 # retakes the GIL (executemany: one step per row), and while RPC threads run Python each retake
 # can wait out the 5 ms switch interval, stalling the writer. Multi-row statements cut a group
@@ -54,7 +58,13 @@ def _casefold_contains(haystack: str | None, needle: str | None) -> bool:
     return haystack is not None and needle is not None and needle.casefold() in haystack.casefold()
 
 
-def connect(path: Path, durability: Durability) -> sqlite3.Connection:
+WRITER_CACHE_KIB = 65536  # the one write connection: index pages of every recent insert
+READER_CACHE_KIB = 8192  # per reading thread (up to --workers of them); the OS caches the rest
+
+
+def connect(
+    path: Path, durability: Durability, cache_kib: int = WRITER_CACHE_KIB
+) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL fsyncs the WAL on every commit: an acknowledged event survives power loss.
@@ -63,8 +73,9 @@ def connect(path: Path, durability: Durability) -> sqlite3.Connection:
     conn.execute(f"PRAGMA synchronous={durability}")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA temp_store=MEMORY")
-    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB
+    conn.execute(f"PRAGMA cache_size=-{cache_kib}")
     conn.create_function("casefold_contains", 2, _casefold_contains, deterministic=True)
+    conn.create_function("snapshot_contains", 3, _snapshot_contains, deterministic=True)
     return conn
 
 
@@ -158,10 +169,20 @@ class SQLiteStorage:
                     seqs = [seq for seq, _ in rows]
                     marks = ",".join("?" * len(seqs))
                     conn.execute(f"DELETE FROM event_context WHERE seq IN ({marks})", seqs)
+                    # The contentless FTS5 indexes forget a row given the text it was indexed
+                    # with: recomputed from what is about to be deleted.
+                    conn.execute(
+                        "INSERT INTO snapshot_fts (snapshot_fts, rowid, text)"
+                        f" SELECT 'delete', s.seq, {SNAPSHOT_TEXT_SQL} FROM snapshots s"
+                        f" WHERE s.seq IN ({marks})",
+                        seqs,
+                    )
                     conn.execute(f"DELETE FROM snapshots WHERE seq IN ({marks})", seqs)
-                    conn.executemany(
-                        "INSERT INTO error_fts (error_fts, rowid, error) VALUES ('delete', ?, ?)",
-                        [(seq, error) for seq, error in rows if error],
+                    conn.execute(
+                        "INSERT INTO error_fts (error_fts, rowid, error)"
+                        f" SELECT 'delete', seq, error FROM events WHERE seq IN ({marks})"
+                        " AND error != ''",
+                        seqs,
                     )
                     conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
                 conn.execute("COMMIT")
@@ -190,7 +211,7 @@ class SQLiteStorage:
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path, self._durability)
+            conn = connect(self.path, self._durability, READER_CACHE_KIB)
             conn.execute("PRAGMA query_only=1")
             self._local.conn = conn
             with self._readers_lock:
@@ -211,29 +232,7 @@ class SQLiteStorage:
 
     def list_events(self, query: Query) -> tuple[list[StoredEvent], Cursor | None]:
         conn = self._reader()
-        where: list[str] = []
-        params: list[Any] = []
-        for condition in query.conditions:
-            sql, args = _condition_sql(condition)
-            where.append(sql)
-            params.extend(args)
-        column = _sort_column(query.sort)
-        direction = "DESC" if query.sort.descending else "ASC"
-        if query.after is not None:
-            sql, args = self._after_sql(conn, column, query.sort, query.after)
-            where.append(sql)
-            params.extend(args)
-        select = _EVENT_COLUMNS + f", e.{column}"
-        joins = ""
-        if query.include_snapshots:
-            select += ", s.before, s.after"
-            joins = " LEFT JOIN snapshots s ON s.seq = e.seq"
-        sql = (
-            f"SELECT {select} FROM events e{joins}"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + f" ORDER BY e.{column} {direction}, e.seq {direction} LIMIT ?"
-        )
-        params.append(query.page_size + 1)
+        sql, params = self.list_sql(query)
         rows = conn.execute(sql, params).fetchall()
         more = len(rows) > query.page_size
         rows = rows[: query.page_size]
@@ -242,6 +241,71 @@ class SQLiteStorage:
             return events, None
         last = rows[-1]
         return events, Cursor(last[20], last[1])
+
+    def list_sql(self, query: Query) -> tuple[str, list[Any]]:
+        """The SELECT (and its parameters) that answers ``query``.
+
+        Every events index but two leads with ``resource`` (the tab), so the query names the
+        tabs it looks at: within one tab, a walk of (resource, sort column) in order; across
+        tabs, one such branch per tab, merged (a page of 100 reads at most 9 x 101 index
+        entries), or, sorted by occurred_at, a walk of the occurred_at index. A rule that
+        matches few events is looked up by its own index instead, its matches sorted (see
+        ``_condition_sql``). The page's seqs are found first; only those rows are read whole.
+        """
+        conn = self._reader()
+        tabs, conditions = _split_tabs(query.conditions)
+        column = _sort_column(query.sort)
+        direction = "DESC" if query.sort.descending else "ASC"
+        limit = query.page_size + 1
+        select = _EVENT_COLUMNS + f", e.{column}"
+        joins = ""
+        if query.include_snapshots:
+            select += ", s.before, s.after"
+            joins = " LEFT JOIN snapshots s ON s.seq = e.seq"
+        if not tabs:
+            return f"SELECT {select} FROM events e WHERE 0 LIMIT ?", [limit]
+        where: list[str] = []
+        params: list[Any] = []
+        looked_up = False
+        for condition in conditions:
+            sql, args, sparse = _condition_sql(condition, conn, tabs, column)
+            where.append(sql)
+            params.extend(args)
+            looked_up = looked_up or sparse
+        if query.after is not None:
+            sql, args = self._after_sql(conn, column, query.sort, query.after)
+            where.append(sql)
+            params.extend(args)
+        order = f" ORDER BY e.{column} {direction}, e.seq {direction}"
+        # With a rule that matches few events, the page comes from its matches, sorted: the
+        # "+" keeps the sort column's index (a walk) out of the plan.
+        page_order = f" ORDER BY +e.{column} {direction}, e.seq {direction}" if looked_up else order
+        filters = "".join(f" AND {w}" for w in where)
+        marks = ",".join("?" * len(tabs))
+        if column == "occurred_at" and len(tabs) > 1 and not looked_up:
+            page = (
+                f"SELECT e.seq FROM events e INDEXED BY events_occurred_at"
+                f" WHERE e.resource IN ({marks}){filters}{order} LIMIT ?"
+            )
+            page_params = [*tabs, *params, limit]
+        elif column == "resource" or len(tabs) == 1:
+            page = (
+                f"SELECT e.seq FROM events e WHERE e.resource IN ({marks}){filters}{page_order}"
+                " LIMIT ?"
+            )
+            page_params = [*tabs, *params, limit]
+        else:
+            branch = (
+                f"SELECT * FROM (SELECT e.seq, e.{column} FROM events e WHERE e.resource = ?"
+                f"{filters}{page_order} LIMIT ?)"
+            )
+            page = (
+                "SELECT seq FROM (" + " UNION ALL ".join([branch] * len(tabs))
+                + f" ORDER BY 2 {direction}, 1 {direction} LIMIT ?)"
+            )  # fmt: skip
+            page_params = [value for tab in tabs for value in (tab, *params, limit)] + [limit]
+        sql = f"SELECT {select} FROM events e{joins} WHERE e.seq IN ({page}){order}"
+        return sql, page_params
 
     def _after_sql(
         self, conn: sqlite3.Connection, column: str, sort: Sort, cursor: Cursor
@@ -276,28 +340,134 @@ def _sort_column(sort: Sort) -> str:
     return sort.field  # every sortable field is a column of its own name
 
 
-def _condition_sql(c: Condition) -> tuple[str, list[Any]]:
+def _condition_sql(
+    c: Condition, conn: sqlite3.Connection, tabs: Sequence[str], sort_column: str
+) -> tuple[str, list[Any], bool]:
+    """SQL for one rule, and whether it is to be looked up by its own index.
+
+    A rule an index can answer (a column's index, the context table, a text index) is
+    looked up there when it matches few events (under ``MANY_MATCHES`` in the tabs asked
+    for, counted first), its matches then sorted. When it matches many, it is checked row by
+    row while the query walks its sort order, which then fills a page soon: for a column,
+    its index is kept out of the plan (``+column``)."""
     if c.context_key is not None:
-        inner, args = _value_sql("value", c.op, c.values, Kind.TEXT)
-        subquery = f"SELECT seq FROM event_context WHERE key = ? AND {inner}"
         if c.op is Op.NOT_EQUALS:
             inner, args = _value_sql("value", Op.EQUALS, c.values, Kind.TEXT)
             return (
                 f"e.seq NOT IN (SELECT seq FROM event_context WHERE key = ? AND {inner})",
                 [c.context_key, *args],
+                False,
             )
-        return f"e.seq IN ({subquery})", [c.context_key, *args]
-    if c.field == "source":
-        id_sql, id_args = _value_sql("e.source_id", c.op, c.values, c.kind)
-        name_sql, name_args = _value_sql("e.source_name", c.op, c.values, c.kind)
-        joiner = "AND" if c.op is Op.NOT_EQUALS else "OR"
-        return f"({id_sql} {joiner} {name_sql})", [*id_args, *name_args]
-    if c.field == "error" and c.op is Op.CONTAINS:
+        inner, args = _value_sql("value", c.op, c.values, Kind.TEXT)
+        subquery = f"SELECT seq FROM event_context WHERE key = ? AND {inner}"
+        if c.op is Op.CONTAINS or _matches_many(conn, subquery, [c.context_key, *args]):
+            inner, args = _value_sql("c.value", c.op, c.values, Kind.TEXT)
+            return (
+                "EXISTS (SELECT 1 FROM event_context c WHERE c.key = ? AND c.seq = e.seq"
+                f" AND {inner})",
+                [c.context_key, *args],
+                False,
+            )
+        return f"e.seq IN ({subquery})", [c.context_key, *args], True
+    if c.field in ("error", "snapshot_text") and c.op is Op.CONTAINS:
         texts = [str(v) for v in c.values]
+        table = "error_fts" if c.field == "error" else "snapshot_fts"
         if all(len(t) >= _FTS_MIN_CHARS for t in texts):
             match = " OR ".join('"' + t.replace('"', '""') + '"' for t in texts)
-            return "e.seq IN (SELECT rowid FROM error_fts WHERE error_fts MATCH ?)", [match]
-    return _value_sql(f"e.{c.field}", c.op, c.values, c.kind)
+            subquery = f"SELECT rowid FROM {table} WHERE {table} MATCH ?"
+            if not _matches_many(conn, subquery, [match]):
+                return f"e.seq IN ({subquery})", [match], True
+        if c.field == "snapshot_text":
+            parts = [
+                "EXISTS (SELECT 1 FROM snapshots s WHERE s.seq = e.seq"
+                " AND snapshot_contains(s.before, s.after, ?))"
+            ] * len(texts)
+            return "(" + " OR ".join(parts) + ")", list(texts), False
+        sql, args = _value_sql("e.error", c.op, c.values, c.kind)
+        return sql, args, False
+    columns = ["source_id", "source_name"] if c.field == "source" else [c.field]
+    indexable = c.op not in (Op.NOT_EQUALS, Op.CONTAINS) and c.field != sort_column
+    if indexable:
+        sql, args = _column_sql(c, columns, "e.")
+        marks = ",".join("?" * len(tabs))
+        probe = f"SELECT 1 FROM events e WHERE e.resource IN ({marks}) AND {sql}"
+        if not _matches_many(conn, probe, [*tabs, *args]):
+            return sql, args, True
+        sql, args = _column_sql(c, columns, "+e.")  # "+": checked, not looked up
+        return sql, args, False
+    sql, args = _column_sql(c, columns, "e.")
+    return sql, args, False
+
+
+def _column_sql(c: Condition, columns: list[str], prefix: str) -> tuple[str, list[Any]]:
+    if len(columns) == 1:
+        return _value_sql(prefix + columns[0], c.op, c.values, c.kind)
+    # source: the id or the name (for NOT_EQUALS: neither)
+    id_sql, id_args = _value_sql(prefix + columns[0], c.op, c.values, c.kind)
+    name_sql, name_args = _value_sql(prefix + columns[1], c.op, c.values, c.kind)
+    joiner = "AND" if c.op is Op.NOT_EQUALS else "OR"
+    return f"({id_sql} {joiner} {name_sql})", [*id_args, *name_args]
+
+
+# A rule matching at least this many events (in the tabs asked for) is checked row by row in
+# sort order; one matching fewer is looked up and its matches sorted (at most this many).
+MANY_MATCHES = 4000
+
+
+def _matches_many(conn: sqlite3.Connection, subquery: str, params: list[Any]) -> bool:
+    sql = f"SELECT count(*) FROM ({subquery} LIMIT {MANY_MATCHES})"
+    count: int = conn.execute(sql, params).fetchone()[0]
+    return count >= MANY_MATCHES
+
+
+def snapshot_text(before: str | None, after: str | None) -> str:
+    "What ``snapshot_text`` searches (``sqlite_schema.SNAPSHOT_TEXT_SQL``, in Python)."
+    strings: set[str] = set()
+    for text in (before, after):
+        if text is not None:
+            _collect_strings(json.loads(text), strings)
+    return "\n".join(sorted(strings))
+
+
+def _collect_strings(value: Any, out: set[str]) -> None:
+    if isinstance(value, dict):
+        out.update(value)
+        for item in value.values():
+            _collect_strings(item, out)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_strings(item, out)
+    elif isinstance(value, str):
+        out.add(value)
+
+
+def _snapshot_contains(before: str | None, after: str | None, needle: str | None) -> bool:
+    if needle is None:
+        return False
+    folded = needle.casefold()
+    # The JSON text holds every key and string (escaped only where it has a quote, backslash
+    # or control character): a cheap test first, then the exact one.
+    if (
+        not any(t is not None and folded in t.casefold() for t in (before, after))
+        and not any(ch in needle for ch in '"\\')
+        and all(ch >= " " for ch in needle)
+    ):
+        return False
+    return folded in snapshot_text(before, after).casefold()
+
+
+def _split_tabs(conditions: Sequence[Condition]) -> tuple[list[str], list[Condition]]:
+    "The resource types the conditions allow (sorted), and the other conditions."
+    tabs = set(models.ResourceType)
+    rest: list[Condition] = []
+    for c in conditions:
+        if c.field == "resource" and c.context_key is None and c.op is Op.EQUALS:
+            tabs &= {models.ResourceType(str(v)) for v in c.values}
+        elif c.field == "resource" and c.context_key is None and c.op is Op.NOT_EQUALS:
+            tabs -= {models.ResourceType(str(v)) for v in c.values}
+        else:
+            rest.append(c)
+    return sorted(t.value for t in tabs), rest
 
 
 def _value_sql(
@@ -349,6 +519,8 @@ class Rows:
         _insert_rows(conn, _INSERT_CONTEXT, self.context)
         _insert_rows(conn, _INSERT_SNAPSHOT, self.snapshots)
         _insert_rows(conn, _INSERT_ERROR_FTS, self.errors)
+        if self.snapshots:  # their search text, computed by SQLite from the rows just written
+            conn.execute(_INDEX_SNAPSHOTS, [self.snapshots[0][0], self.snapshots[-1][0]])
 
 
 def _event_row(seq: int, event_id: str, recorded_at: int, e: NewEvent) -> tuple[Any, ...]:
@@ -368,15 +540,15 @@ def _stored_event(row: Sequence[Any], *, with_snapshots: bool) -> StoredEvent:
         id=row[1],
         occurred_at=row[2],
         recorded_at=row[3],
-        resource=models.ResourceType(row[4]),
+        resource=_RESOURCES[row[4]],
         identifier=row[5],
         blueprint=row[6],
         integration=row[7],
         run_id=row[8],
-        operation=models.Operation(row[9]),
-        source=models.Source(models.SourceKind(row[10]), row[11], row[12]),
-        origin=models.Origin(row[13]),
-        status=models.Status(row[14]),
+        operation=_OPERATIONS[row[9]],
+        source=models.Source(_SOURCE_KINDS[row[10]], row[11], row[12]),
+        origin=_ORIGINS[row[13]],
+        status=_STATUSES[row[14]],
         error=row[15],
         recorded_by=row[16],
         idempotency_key=row[17] or "",
@@ -385,6 +557,14 @@ def _stored_event(row: Sequence[Any], *, with_snapshots: bool) -> StoredEvent:
         before=before,
         after=after,
     )
+
+
+# Stored names to enum members: a dict lookup instead of an Enum call per value read.
+_RESOURCES = {m.value: m for m in models.ResourceType}
+_OPERATIONS = {m.value: m for m in models.Operation}
+_SOURCE_KINDS = {m.value: m for m in models.SourceKind}
+_ORIGINS = {m.value: m for m in models.Origin}
+_STATUSES = {m.value: m for m in models.Status}
 
 
 def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[Sequence[Any]]) -> None:

@@ -98,7 +98,88 @@ def _v2_retention_index(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX events_resource_occurred_at ON events(resource, occurred_at)")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_events, _v2_retention_index]
+# The text CONTAINS on ``snapshot_text`` searches: the keys and string values of one
+# snapshots row's before and after, each once, sorted (by UTF-8 bytes), one per line. SQL, so
+# the writer computes it in SQLite (no Python per event) and a delete can recompute what an
+# insert indexed (the FTS5 "delete" command needs the original text).
+SNAPSHOT_TEXT_SQL = (
+    "(SELECT group_concat(v, char(10)) FROM ("
+    "SELECT key AS v FROM json_tree(s.before) WHERE typeof(key) = 'text'"
+    " UNION SELECT atom FROM json_tree(s.before) WHERE type = 'text'"
+    " UNION SELECT key FROM json_tree(s.after) WHERE typeof(key) = 'text'"
+    " UNION SELECT atom FROM json_tree(s.after) WHERE type = 'text'"
+    " ORDER BY 1))"
+)
+
+# v3: every filter and sort column indexed behind ``resource``, the tab every console query
+# filters by: (resource, column) serves "resource = ? AND column ..." and the keyset order
+# "ORDER BY column, seq" (SQLite appends the rowid, seq) within one tab. Queries across tabs
+# run one branch per resource type (see storage.sqlite). ``resource`` alone keeps its index
+# (the sort by resource), and so does ``occurred_at``: the whole log, newest first, is the
+# commonest query outside the console (auditctl, exporters).
+TAB_INDEXED_COLUMNS = tuple(c for c in INDEXED_COLUMNS if c != "resource")
+
+# The planner's statistics (sqlite_stat1), fixed rather than measured: plans then do not
+# change with the data, and every query is planned as for a large table. Rows per index,
+# then the average rows per distinct value of each prefix of its columns; a million events.
+_ROWS_PER_VALUE = {
+    "occurred_at": 1,
+    "recorded_at": 1,
+    "identifier": 10,
+    "blueprint": 3000,
+    "integration": 5000,
+    "run_id": 100,
+    "operation": 30000,
+    "source_id": 300,
+    "source_name": 300,
+    "source": 300,
+    "source_kind": 30000,
+    "origin": 10000,
+    "status": 60000,
+    "error": 50000,
+    "recorded_by": 20000,
+}
+_EVENTS = 1_000_000
+_PER_TAB = _EVENTS // 9
+PLANNER_STATS: tuple[tuple[str, str, str], ...] = (
+    ("events", "events_id", f"{_EVENTS} 1"),
+    ("events", "events_idempotency", f"{_EVENTS // 2} 100000 1"),
+    ("events", "events_resource", f"{_EVENTS} {_PER_TAB}"),
+    ("events", "events_occurred_at", f"{_EVENTS} 1"),
+    ("events", "events_resource_occurred_at", f"{_EVENTS} {_PER_TAB} 1"),
+    *(
+        ("events", f"events_resource_{c}", f"{_EVENTS} {_PER_TAB} {_ROWS_PER_VALUE[c]}")
+        for c in TAB_INDEXED_COLUMNS
+        if c != "occurred_at"
+    ),
+    ("event_context", "sqlite_autoindex_event_context_1", f"{2 * _EVENTS} 300000 2000 1"),
+    ("event_context", "event_context_seq", f"{2 * _EVENTS} 2"),
+)
+
+
+def _v3_tab_indexes_and_snapshot_search(db: sqlite_utils.Database) -> None:
+    for column in INDEXED_COLUMNS:
+        if column not in ("resource", "occurred_at"):
+            db.execute(f"DROP INDEX events_{column}")
+    for column in TAB_INDEXED_COLUMNS:
+        if column != "occurred_at":  # events_resource_occurred_at exists (v2)
+            db.execute(f"CREATE INDEX events_resource_{column} ON events(resource, {column})")
+    # CONTAINS on snapshot_text: a contentless trigram index like error_fts, rowid = seq.
+    db.execute("CREATE VIRTUAL TABLE snapshot_fts USING fts5(text, content='', tokenize='trigram')")
+    db.execute(
+        f"INSERT INTO snapshot_fts (rowid, text) SELECT s.seq, {SNAPSHOT_TEXT_SQL} FROM snapshots s"
+    )
+    db.execute("ANALYZE sqlite_schema")  # creates sqlite_stat1 without reading the tables
+    db.execute("DELETE FROM sqlite_stat1 WHERE tbl IN ('events', 'event_context')")
+    db.conn.executemany("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", PLANNER_STATS)
+    db.execute("ANALYZE sqlite_schema")  # (re)loads the statistics into this connection
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1_events,
+    _v2_retention_index,
+    _v3_tab_indexes_and_snapshot_search,
+]
 
 
 def migrate(db: sqlite_utils.Database) -> int:
@@ -122,4 +203,4 @@ def migrate(db: sqlite_utils.Database) -> int:
     return len(MIGRATIONS)
 
 
-assert set(FIELDS) - {"source"} <= set(INDEXED_COLUMNS)
+assert set(FIELDS) - {"source", "snapshot_text"} <= set(TAB_INDEXED_COLUMNS) | {"resource"}

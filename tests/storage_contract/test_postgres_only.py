@@ -15,6 +15,7 @@ from psycopg import sql
 from audit_service import Settings, StartupError, create_server
 from audit_service.models import ResourceType
 from audit_service.retention import RetentionPolicy, sweep
+from audit_service.storage import postgres_schema
 from audit_service.storage.postgres import PostgresStorage, month_start, partition_name
 from audit_service.storage.postgres_schema import SWEEP_LOCK
 from audit_service.writer import GroupCommitWriter
@@ -182,7 +183,7 @@ def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
         rows = conn.execute("SELECT name, value FROM auditlog_meta ORDER BY name").fetchall()
     values = {str(name): str(value) for name, value in rows}
     assert list(values) == ["fold_collation", "schema_version", "server_key"]
-    assert values["schema_version"] == "1"
+    assert values["schema_version"] == str(len(postgres_schema.MIGRATIONS))
 
 
 def test_connections_cut_by_the_server_are_replaced(pg: PostgresStorage, pg_url: str) -> None:

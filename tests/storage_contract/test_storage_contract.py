@@ -19,6 +19,7 @@ from audit_service.ids import is_event_id
 from audit_service.models import NewEvent, Operation, Origin, ResourceType, StoredEvent
 from audit_service.query import (
     FIELDS,
+    SORTABLE,
     Condition,
     Cursor,
     Kind,
@@ -374,7 +375,10 @@ def _rules_for(field: str, stored: list[StoredEvent]) -> list[Condition]:
     return rules
 
 
-FILTER_FIELDS = [*FIELDS, *(f for f in _TEXT_VALUES if f.startswith("context."))]
+FILTER_FIELDS = [
+    *(f for f in FIELDS if f != "snapshot_text"),  # (its own test below: it needs snapshots)
+    *(f for f in _TEXT_VALUES if f.startswith("context.")),
+]
 
 
 @pytest.mark.parametrize("field", FILTER_FIELDS)
@@ -420,7 +424,7 @@ def test_rules_are_anded_and_members_see_their_runs(
 # -- sorting and keyset pages ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field", list(FIELDS))
+@pytest.mark.parametrize("field", list(SORTABLE))
 def test_every_sort_in_keyset_pages_matches_the_reference(
     loaded: tuple[Storage, list[StoredEvent]], field: str
 ) -> None:
@@ -647,3 +651,68 @@ def test_diffs_of_stored_events(storage: Storage) -> None:
         assert not log.get_diff(DEV_PRINCIPAL, read.id).available
     finally:
         writer.close()
+
+
+# -- snapshot_text ---------------------------------------------------------------------------
+
+
+def _snapshot_strings(value: Any) -> set[str]:
+    "The keys and string values anywhere in ``value`` (what snapshot_text searches)."
+    if isinstance(value, dict):
+        return set(value) | {s for v in value.values() for s in _snapshot_strings(v)}
+    if isinstance(value, list):
+        return {s for v in value for s in _snapshot_strings(v)}
+    return {value} if isinstance(value, str) else set()
+
+
+_SNAPSHOTS: list[tuple[models.JSONObject | None, models.JSONObject | None]] = [
+    ({"image": "nginx:1.25", "replicas": 3}, {"image": "nginx:1.27", "replicas": 3}),
+    (None, {"owner": "Team-Payments", "labels": {"tier": "gold"}, "ports": [8080, "http-alt"]}),
+    ({"title": "\u00c9cole des donn\u00e9es", "on_call": True}, None),
+    ({"note": "line one\nline two", "n": 12345}, {"note": "replaced", "list": [["deep-nested"]]}),
+    (None, None),
+]
+
+
+def test_snapshot_text_contains_matches_keys_and_string_values(storage: Storage) -> None:
+    storage.insert_batch(
+        [
+            new_event(identifier=f"s{i}", before=before, after=after)
+            for i, (before, after) in enumerate(_SNAPSHOTS)
+        ]
+    )
+    stored = {e.identifier: e for e in list_all(storage)}
+    texts = {
+        f"s{i}": sorted(_snapshot_strings(before) | _snapshot_strings(after))
+        for i, (before, after) in enumerate(_SNAPSHOTS)
+    }
+    for needles in (
+        ["nginx:1.2"], ["NGINX:1.27"], ["team-pay"], ["gold"], ["TIER"], ["\u00e9cole"],
+        ["http-alt"], ["deep-nested"], ["line two"], ["replicas"], ["12345"], ["true"],
+        ["on_call"], ["absent"], ["gold", "nginx"], ['"image"'], ["image\":"],
+    ):  # fmt: skip
+        rule = parse_condition("snapshot_text", "CONTAINS", needles, "f")
+        want = sorted(
+            name
+            for name, strings in texts.items()
+            if any(n.casefold() in s.casefold() for n in needles for s in strings)
+        )
+        got = sorted(e.identifier for e in list_all(storage, rule))
+        assert got == want, needles
+    assert stored["s4"].diff_available is False
+
+
+def test_retention_deletes_take_events_out_of_text_searches(storage: Storage) -> None:
+    old = NOW - 100 * DAY
+    storage.insert_batch(
+        [
+            new_event(identifier="old", occurred_at=old, after={"k": "findme-old"},
+                      status=models.Status.FAILURE, error="findme error old"),
+            new_event(identifier="new", after={"k": "findme-new"},
+                      status=models.Status.FAILURE, error="findme error new"),
+        ]
+    )  # fmt: skip
+    assert storage.delete_expired(ResourceType.ENTITY, NOW - 90 * DAY, 100) == 1
+    for field in ("snapshot_text", "error"):
+        rule = parse_condition(field, "CONTAINS", ["findme"], "f")
+        assert [e.identifier for e in list_all(storage, rule)] == ["new"], field
