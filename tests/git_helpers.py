@@ -656,6 +656,29 @@ class WorkRepo:
         self.commits.append(sha)
         return sha
 
+    def checkout(self, branch: str, create: bool = False) -> None:
+        git(self.path, "checkout", "--quiet", *(["-b"] if create else []), branch)
+
+    def merge(
+        self,
+        branch: str,
+        message: str,
+        author: tuple[str, str] = ("Alice Example", "alice@example.com"),
+    ) -> str:
+        "A merge commit (``--no-ff``) of ``branch`` into the branch checked out."
+        name, email = author
+        env = {
+            **git_env(),
+            "GIT_AUTHOR_NAME": name,
+            "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name,
+            "GIT_COMMITTER_EMAIL": email,
+        }
+        git(self.path, "merge", "--quiet", "--no-ff", "-m", message, branch, env=env)
+        sha = git(self.path, "rev-parse", "HEAD").strip()
+        self.commits.append(sha)
+        return sha
+
     def reset_hard(self, sha: str) -> None:
         git(self.path, "reset", "--quiet", "--hard", sha)
 
@@ -734,6 +757,7 @@ class GitRig:
     admin: Token = field(init=False)
     server: TestServer | None = None
     collectors: list[CollectorProcess] = field(default_factory=list)
+    port: int = field(default_factory=free_port)  # the service's, also before it starts
 
     def __post_init__(self) -> None:
         self.recorder = Token(
@@ -747,13 +771,14 @@ class GitRig:
 
     def start_service(self) -> TestServer:
         assert self.server is None
-        self.server = start_server(self.tmp / "audit.db", dev=False, tokens=str(self.tokens))
+        self.server = start_server(
+            self.tmp / "audit.db", dev=False, tokens=str(self.tokens), listen=self.endpoint
+        )
         return self.server
 
     @property
     def endpoint(self) -> str:
-        assert self.server is not None
-        return self.server.endpoint
+        return f"127.0.0.1:{self.port}"
 
     def start_collector(self, *extra: str, env: dict[str, str] | None = None) -> CollectorProcess:
         args = [

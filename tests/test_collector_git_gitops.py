@@ -197,6 +197,20 @@ def test_a_repository_followed_by_path(rig: GitRig) -> None:
     assert len(rig.stored()) == 9
     assert first not in {e.context["commit"] for e in rig.stored()}
 
+    # A merge is one commit on the followed line, by whoever merged; the side branch's own
+    # commits are not recorded on their own.
+    work.checkout("feature", create=True)
+    work.write(".auditlog/flags.yaml", "identifier: flags\nblueprint: service\n")
+    side = work.commit("flags service", BOB)
+    work.checkout("main")
+    work.write("README.md", "# catalog, v2\n")
+    work.commit("readme", ALICE)
+    merge = work.merge("feature", "Merge branch 'feature'", ALICE)
+    events = rig.events(10)
+    assert ops(events[9:]) == [("CREATE", "service", "flags")]
+    assert events[9].context["commit"] == merge != side
+    assert events[9].source.id == "alice@example.com"
+
 
 def apply_empty(rig: GitRig, event: pb.AuditEvent) -> bool:
     diff = rig.diff(event.id)
@@ -408,3 +422,36 @@ def test_a_private_repository_over_https_with_a_token_file(rig: GitRig) -> None:
                 assert secret.encode() not in path.read_bytes(), path
     finally:
         server.close()
+
+
+def test_a_full_spool_pauses_the_follower_and_loses_nothing(tmp_path: Path) -> None:
+    rig = GitRig(tmp_path, ORIGINS)  # the service is down at first
+    try:
+        work = WorkRepo.create(rig.tmp / "catalog")
+        for number in range(5):
+            work.write(
+                f".auditlog/batch-{number}.yaml",
+                f"- {{identifier: a{number}, blueprint: s}}\n"
+                f"- {{identifier: b{number}, blueprint: s}}\n",
+            )
+            work.commit(f"batch {number}", ALICE)
+        collector = rig.start_collector(
+            *follow(rig, str(work.path), "--replay-history", "--spool-max-events", "3")
+        )
+        # One round's events go into the empty spool together, over the cap.
+        wait_until(lambda: collector.stats()["spooled"] == 10)
+        work.write(".auditlog/late.yaml", "identifier: late\nblueprint: s\n")
+        late = work.commit("late", BOB)
+        stats = wait_until(lambda: (s := collector.stats())["git"].get("gitops_paused") and s)
+        assert stats["spooled"] == 10
+        assert stats["rejected_full"] >= 1
+        rig.start_service()
+        events = rig.events(11)
+        assert sorted(e.identifier for e in events) == sorted(
+            ["late", *(f"{p}{n}" for p in "ab" for n in range(5))]
+        )
+        assert events[-1].context["commit"] == late
+        wait_until(lambda: collector.stats()["spooled"] == 0)
+        assert len({e.idempotency_key for e in rig.stored()}) == 11
+    finally:
+        rig.close()

@@ -574,6 +574,8 @@ def test_malformed_deliveries_get_400_or_413_and_store_nothing(hooks: Webhooks) 
 
     cases: dict[bytes, tuple[int, str]] = {
         b"{not json": (400, "not JSON"),
+        b"[" * 15000: (400, "nests too deep"),
+        b'{"n": NaN}': (400, "NaN is not a JSON value"),
         b"\xff\xfe\x00": (400, "not JSON"),
         b"[1, 2]": (400, "expected a JSON object, got JSON list"),
         b'"text"': (400, "got JSON str"),
@@ -612,7 +614,7 @@ def test_malformed_deliveries_get_400_or_413_and_store_nothing(hooks: Webhooks) 
     assert bb.send(collector).status == 400
     stats = collector.stats()
     assert stats["received"] == 1  # only the one good delivery
-    assert stats["git"]["github_bad_requests"] == 10
+    assert stats["git"]["github_bad_requests"] == 12
     assert collector.request("GET", "/healthz").status == 200
     [event] = hooks.rig.events(1)
     assert event.identifier == "octo-org/payments-api"

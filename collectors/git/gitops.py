@@ -32,7 +32,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -152,7 +152,6 @@ class Status:
     commits: int = 0
     entity_events: int = 0
     file_failures: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
         return {
@@ -236,8 +235,11 @@ class GitOpsFollower:
             try:
                 self.poll(self.git(stop))
             except SpoolFull:
+                # What fitted is recorded; wait for room, then go on from there.
                 self.runtime.count("gitops_paused")
-                self.runtime.spool.wait_for_room(FLUSH_EVENTS, timeout=1.0)
+                while not stop.is_set():
+                    if self.runtime.spool.wait_for_room(FLUSH_EVENTS, timeout=1.0):
+                        break
                 continue
             except GitError as exc:
                 if stop.is_set():

@@ -250,7 +250,7 @@ class Git:
             mode, kind, blob, size = meta.split()
             if kind != b"blob" or mode not in (b"100644", b"100755"):
                 continue  # symlinks and submodules are not entity files
-            found[path.decode(errors="surrogateescape")] = TreeFile(blob.decode(), int(size))
+            found[path.decode(errors="replace")] = TreeFile(blob.decode(), int(size))
         return found
 
     @contextmanager

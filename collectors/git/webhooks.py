@@ -130,6 +130,10 @@ class DeliveryMemory:
         tx.set_state(SCOPE, "next", str(number + 1))
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _payload(provider: Provider, request: Request) -> dict[str, Any] | str:
     "The delivery's JSON object, or what is wrong with the body."
     body = request.body
@@ -144,9 +148,11 @@ def _payload(provider: Provider, request: Request) -> dict[str, Any] | str:
             return "the form body has no payload field"
         body = values[0].encode()
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         return f"the body is not JSON: {exc}"
+    except RecursionError:
+        return "the body nests too deep to be read"
     if not isinstance(payload, dict):
         return f"expected a JSON object, got JSON {type(payload).__name__}"
     return payload
