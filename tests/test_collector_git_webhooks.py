@@ -18,6 +18,7 @@ from collectors import git as git_collector
 from tests.collector_helpers import CollectorProcess, run_collector, wait_until
 from tests.git_helpers import (
     BITBUCKET_ACTOR,
+    OCTO_ORG,
     Bitbucket,
     GitHub,
     GitLab,
@@ -259,6 +260,54 @@ def test_github_deliveries_become_entity_events(hooks: Webhooks) -> None:
     assert own["github_events"] == 13
     assert own["github_ignored"] == 4
     assert set(own) <= {*git_collector.COUNTERS}
+
+
+def test_the_other_repository_actions(hooks: Webhooks) -> None:
+    collector = hooks.start()
+    moved = github_repository("ledger", full_name="octo-finance/ledger")
+    moved["owner"] = {**moved["owner"], "login": "octo-finance"}
+    github_deliveries = [
+        github_repository_event("unarchived", github_repository("ledger")),
+        github_repository_event(
+            "transferred",
+            moved,
+            changes={"owner": {"from": {"organization": {**OCTO_ORG}}}},
+        ),
+        github_repository_event(
+            "privatized", github_repository("ledger", private=True, visibility="private")
+        ),
+        github_repository_event(
+            "publicized", github_repository("ledger", private=False, visibility="public")
+        ),
+    ]
+    for payload in github_deliveries:
+        ok(hooks.github.delivery("repository", payload).send(collector))
+    created = {"actor": BITBUCKET_ACTOR, "repository": bitbucket_repository("fresh")}
+    ok(hooks.bitbucket.delivery("repo:created", created).send(collector))
+    events = hooks.rig.events(5)
+    assert by_identity(events) == [
+        ("githubRepository", "octo-org/ledger", "UPDATE", "unarchived"),
+        ("githubRepository", "octo-finance/ledger", "UPDATE", "transferred"),
+        ("githubRepository", "octo-org/ledger", "UPDATE", "privatized"),
+        ("githubRepository", "octo-org/ledger", "UPDATE", "publicized"),
+        ("bitbucketRepository", "acme-team/fresh", "CREATE", "created"),
+    ]
+    unarchived, transferred, privatized, publicized, fresh = events
+    assert patch_paths(hooks.rig.diff(unarchived.id)) == {("replace", "/archived")}
+    assert snapshot(unarchived.before)["archived"] is True
+    assert transferred.context["previous_identifier"] == "octo-org/ledger"
+    assert patch_paths(hooks.rig.diff(transferred.id)) == {
+        ("replace", "/owner"),
+        ("replace", "/full_name"),
+    }
+    assert patch_paths(hooks.rig.diff(privatized.id)) == {
+        ("replace", "/private"),
+        ("replace", "/visibility"),
+    }
+    assert snapshot(publicized.before)["visibility"] == "private"
+    assert snapshot(publicized.after)["visibility"] == "public"
+    assert fresh.origin == pb.ORIGIN_BITBUCKET_EXPORTER
+    assert snapshot(fresh.after)["project"] == "INV"
 
 
 def test_github_form_encoded_deliveries_are_read_too(hooks: Webhooks) -> None:
