@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from clients import pb
+from clients import AuditClient, pb
 from clients._values import struct_to_dict
+from collectors.runtime import Delivery, HttpEndpoint, Runtime, Spool, Stats, Values
 from collectors.runtime.limits import OMITTED_KEY
+from collectors.terraform.backend import Spooler
 from collectors.terraform.mapping import Mapper, MappingConfig, Write
 from collectors.terraform.redact import FINGERPRINT_PREFIX, Redactor
 from collectors.terraform.state import (
@@ -23,6 +26,7 @@ from collectors.terraform.state import (
     parse_lock,
     parse_state,
 )
+from collectors.terraform.store import StateStore
 
 SECRET = "hunter2-very-secret"
 KEY = b"k" * 32
@@ -448,3 +452,66 @@ def deep_output(levels: int) -> dict[str, Any]:
     for _ in range(levels):
         value = [value]
     return {"value": value, "type": "dynamic"}
+
+
+# -- spooling the events of stored versions (a real spool and state database, in process) ---
+
+
+def test_events_wait_in_the_state_database_for_room_and_are_made_again_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "spool.db", max_events=2)
+    store = StateStore(tmp_path / "state.db")
+    stats = Stats()
+    runtime = Runtime(
+        "terraform",
+        Values({"service": "127.0.0.1:1"}),
+        spool,
+        HttpEndpoint("127.0.0.1:0"),
+        stats,
+        Delivery(spool, lambda: AuditClient("127.0.0.1:1"), stats),  # never started
+    )
+    spool.add([pb.AuditEvent(idempotency_key="someone-else", identifier="x")])
+    spooler = Spooler(runtime, store, mapper())
+    body = json.dumps(
+        state(
+            resource("t", "a", instance({"id": "1"})),
+            resource("t", "b", instance({"id": "2"})),
+        )
+    ).encode()
+    with store.transaction("prod") as tx:
+        version = tx.add_version(
+            previous=None,
+            lineage="L",
+            serial=1,
+            terraform_version="1.11.4",
+            sha256="x",
+            body=body,
+            who="alice@laptop",
+            operation="OperationTypeApply",
+            lock_id="1f27",
+            backend_user="",
+            reused_serial=False,
+        )
+    made = spooler.events(version)
+    spooler.offer(version.id, made)
+    assert spooler.flush() is False  # 1 + 2 events: over the cap of 2
+    assert spooler.counts()["versions_not_spooled"] == 1
+    [waiting] = spool.head(10)
+    spool.settle(delivered=[waiting.seq])  # delivery made room
+    assert spooler.flush() is True
+    assert [e.key for e in spool.head(10)] == [e.idempotency_key for e in made]
+    assert stats.get("terraform.recovered_versions") == 0  # the events made at first were used
+    assert spooler.counts()["versions_not_spooled"] == 0
+
+    # Delivered; then a restart finds the mark gone (a crash between the two commits): the
+    # same events, made again from the stored states, with the same keys (the service answers
+    # duplicate for them).
+    spool.settle(delivered=[e.seq for e in spool.head(10)])
+    spool.set_state("terraform", "spooled-through", "0")
+    again = Spooler(runtime, store, mapper())
+    assert again.flush() is True
+    assert stats.get("terraform.recovered_versions") == 1
+    assert [e.key for e in spool.head(10)] == [e.idempotency_key for e in made]
+    store.close()
+    spool.close()

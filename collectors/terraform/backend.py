@@ -151,6 +151,9 @@ class Spooler:
         self.parsed = ParsedStates()
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._made: dict[int, list[pb.AuditEvent]] = {}  # events made by the backend, by version
+        self._made_lock = threading.Lock()
+        self._waiting = False  # for room in the spool (logged once)
         mark = runtime.spool.get_state(SCOPE, SPOOLED_THROUGH)
         self.spooled_through = int(mark) if mark else 0
 
@@ -163,31 +166,55 @@ class Spooler:
         current = self.parsed.get(version.id, version.body)
         return self.mapper.events(previous, current, write_of(version))
 
-    def flush(self, made: dict[int, list[pb.AuditEvent]] | None = None, wait: float = 0) -> bool:
-        """Spool the events of every version not spooled yet (``made``: events already made,
-        by version). True when none is left; False when the spool was full (for ``wait``
-        seconds)."""
+    def offer(self, version_id: int, events: list[pb.AuditEvent]) -> None:
+        "The events of a version just stored, made already: ``flush`` need not make them again."
+        with self._made_lock:
+            self._made[version_id] = events
+
+    def _take(self, version: StoredVersion) -> list[pb.AuditEvent]:
+        with self._made_lock:
+            events = self._made.pop(version.id, None)
+        if events is None:
+            events = self.events(version)
+            self.runtime.count("recovered_versions")
+        return events
+
+    def flush(self, wait: float = 0) -> bool:
+        """Spool the events of every version not spooled yet, oldest first. True when none is
+        left; False when the spool stayed full for ``wait`` seconds (the worker goes on)."""
         with self._lock:
             while pending := self.store.pending(self.spooled_through):
                 for version in pending:
-                    events = (made or {}).get(version.id)
-                    if events is None:
-                        events = self.events(version)
-                        self.runtime.count("recovered_versions")
-                    if events and not self.runtime.spool.wait_for_room(len(events), wait):
+                    events = self._take(version)
+                    if not self._spool(version, events, wait):
+                        self.offer(version.id, events)
                         self._wake.set()
-                        return False
-                    try:
-                        with self.runtime.spool.transaction() as tx:
-                            for event in events:
-                                tx.add(event)
-                            tx.set_state(SCOPE, SPOOLED_THROUGH, str(version.id))
-                    except SpoolFull:
-                        self._wake.set()
+                        if not self._waiting:
+                            self.log.warning(
+                                "spool full: stored state versions wait for room for their events",
+                                version=version.id,
+                            )
+                        self._waiting = True
                         return False
                     self.spooled_through = version.id
                     self.runtime.count("events_spooled", len(events))
+                    if self._waiting:
+                        self.log.info("events of stored state versions spooled again")
+                        self._waiting = False
             return True
+
+    def _spool(self, version: StoredVersion, events: list[pb.AuditEvent], wait: float) -> bool:
+        "Spool ``events`` with the mark of ``version``; False: no room (for ``wait`` s)."
+        if events and not self.runtime.spool.wait_for_room(len(events), wait):
+            return False
+        try:
+            with self.runtime.spool.transaction() as tx:
+                for event in events:
+                    tx.add(event)
+                tx.set_state(SCOPE, SPOOLED_THROUGH, str(version.id))
+        except SpoolFull:
+            return False
+        return True
 
     def counts(self) -> dict[str, int]:
         "The state database's counts, for /stats."
@@ -199,8 +226,7 @@ class Spooler:
         while not stop.is_set():
             if self._wake.wait(0.5):
                 self._wake.clear()
-                if not self.flush(wait=0.5):
-                    self.log.warning("spool full: state versions wait for their events")
+                self.flush(wait=0.5)
         self.flush()
         self.store.close()
 
@@ -381,7 +407,8 @@ class StateBackend:
         # (or, the spool having filled meanwhile, as soon as it has room: they are made
         # again from the stored version).
         self.runtime.count("state_writes")
-        self.spooler.flush({version.id: events})
+        self.spooler.offer(version.id, events)
+        self.spooler.flush()
         self.log.info(
             "state stored",
             workspace=target.workspace,
