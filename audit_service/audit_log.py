@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 from audit_service.diffs import diff_of
@@ -63,6 +64,14 @@ class AuditLog:
 
         Items already AuditErrors (they failed conversion) are passed through in place.
         """
+        return self.submit(principal, events).results()
+
+    def submit(
+        self, principal: Principal, events: Sequence[NewEvent | AuditError]
+    ) -> PendingRecord:
+        """Check the events and queue those that pass for the writer, without waiting for
+        their commit (``PendingRecord.results`` waits). Several submits from one caller are
+        committed in the order they were made."""
         self.require_recorder(principal)
         now = self._clock()
         results: list[NewEvent | RecordOutcome | AuditError] = []
@@ -74,18 +83,9 @@ class AuditLog:
                 results.append(self._admit(principal, event, now))
             except AuditError as exc:
                 results.append(exc)
-        accepted = [(i, item) for i, item in enumerate(results) if isinstance(item, NewEvent)]
-        if accepted:
-            future = self._writer.submit([event for _, event in accepted])
-            try:
-                outcomes = future.result(timeout=WRITE_TIMEOUT_S)
-            except TimeoutError:
-                raise Unavailable(
-                    f"storage did not commit within {WRITE_TIMEOUT_S:.0f} s; retry"
-                ) from None
-            for (i, _), outcome in zip(accepted, outcomes, strict=True):
-                results[i] = outcome
-        return [r for r in results if not isinstance(r, NewEvent)]
+        accepted = [item for item in results if isinstance(item, NewEvent)]
+        future = self._writer.submit(accepted) if accepted else None
+        return PendingRecord(results, future)
 
     def _admit(self, principal: Principal, event: NewEvent, now: int) -> NewEvent:
         if principal.role is Role.RECORDER and event.origin not in principal.origins:
@@ -93,7 +93,10 @@ class AuditLog:
                 f"{principal.id} may not record events with origin {event.origin.value}"
             )
         validate(event, now, oldest_allowed_ns=self._retention.cutoff(event.resource, now))
-        event = replace(event, recorded_by=principal.id)
+        # A copy only when something changes: the servicer converts events with the caller
+        # as recorded_by already (a copy per event cost more than the rest of admitting it).
+        if event.recorded_by != principal.id:
+            event = replace(event, recorded_by=principal.id)
         if event.resource is ResourceType.SECRET:
             event = replace(
                 event,
@@ -126,6 +129,37 @@ class AuditLog:
         if event is None or not _may_see(principal, event):
             raise NotFound(f"no event with id {event_id}")
         return diff_of(event)
+
+
+class PendingRecord:
+    "Events handed to the writer: ``results`` waits until they are durable."
+
+    def __init__(
+        self,
+        results: list[NewEvent | RecordOutcome | AuditError],
+        future: Future[list[RecordOutcome]] | None,
+    ) -> None:
+        self._results = results
+        self._future = future
+
+    def results(self) -> list[RecordOutcome | AuditError]:
+        """One outcome or error per submitted event, in order, once the accepted ones are
+        durable.
+
+        :raises Unavailable: the writer did not commit within ``WRITE_TIMEOUT_S``, or is
+            shutting down.
+        :raises StorageError: the commit failed.
+        """
+        results = self._results
+        if self._future is not None:
+            try:
+                outcomes = iter(self._future.result(timeout=WRITE_TIMEOUT_S))
+            except TimeoutError:
+                raise Unavailable(
+                    f"storage did not commit within {WRITE_TIMEOUT_S:.0f} s; retry"
+                ) from None
+            results = [next(outcomes) if isinstance(r, NewEvent) else r for r in results]
+        return [r for r in results if not isinstance(r, NewEvent)]
 
 
 @dataclass(frozen=True, slots=True)

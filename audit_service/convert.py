@@ -12,6 +12,7 @@ from audit_service import models
 from audit_service.errors import InvalidArgument
 from audit_service.models import Diff, JSONObject, NewEvent, StoredEvent
 from audit_service.query import MAX_TIME_NS, MIN_TIME_NS, TIME_RANGE
+from audit_service.wire import struct_bytes
 from clients import pb
 
 _MAX_SAFE_INT = 2**53
@@ -55,32 +56,93 @@ def ns_to_timestamp(ns: int, out: timestamp_pb2.Timestamp) -> None:
 
 
 def struct_to_dict(struct: struct_pb2.Struct, where: str) -> JSONObject:
-    return {key: _value_to_python(value, f"{where}.{key}") for key, value in struct.fields.items()}
+    """``struct`` as a JSON object (whole numbers as ints, as they read back from JSON).
+
+    :raises InvalidArgument: a number is not finite (JSON has no NaN or Infinity); the message
+        names where, e.g. ``event.after.spec.replicas``.
+    """
+    try:
+        return _struct(struct)
+    except _NotFinite:
+        raise InvalidArgument(*_non_finite(struct, where)) from None
 
 
-def _value_to_python(value: struct_pb2.Value, where: str) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "struct_value":
-        return struct_to_dict(value.struct_value, where)
-    if kind == "list_value":
-        return [_value_to_python(v, f"{where}[{i}]") for i, v in enumerate(value.list_value.values)]
-    if kind == "number_value":
-        number = value.number_value
-        if not math.isfinite(number):
-            raise InvalidArgument(where, f"{number} is not a JSON number")
-        # Struct numbers are doubles; whole ones read back as integers (1, not 1.0).
-        if number.is_integer() and abs(number) <= _MAX_SAFE_INT:
-            return int(number)
-        return number
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
-    return None  # null_value, or a Value with no kind set
+class _NotFinite(Exception):
+    "A NaN or infinite number_value (found fast; ``_non_finite`` then says where)."
+
+
+# The hot path: one WhichOneof per value, no path strings (they are built only for errors).
+_STRUCT, _LIST, _NUMBER, _STRING, _BOOL = (
+    "struct_value", "list_value", "number_value", "string_value", "bool_value",
+)  # fmt: skip
+
+
+def _struct(struct: struct_pb2.Struct) -> JSONObject:
+    out: JSONObject = {}
+    for key, value in struct.fields.items():
+        kind = value.WhichOneof("kind")
+        if kind == _STRING:
+            out[key] = value.string_value
+        elif kind == _NUMBER:
+            out[key] = _number(value.number_value)
+        elif kind == _BOOL:
+            out[key] = value.bool_value
+        elif kind == _STRUCT:
+            out[key] = _struct(value.struct_value)
+        elif kind == _LIST:
+            out[key] = _list(value.list_value)
+        else:
+            out[key] = None  # null_value, or a Value with no kind set
+    return out
+
+
+def _list(values: struct_pb2.ListValue) -> list[Any]:
+    out: list[Any] = []
+    for value in values.values:
+        kind = value.WhichOneof("kind")
+        if kind == _STRING:
+            out.append(value.string_value)
+        elif kind == _NUMBER:
+            out.append(_number(value.number_value))
+        elif kind == _BOOL:
+            out.append(value.bool_value)
+        elif kind == _STRUCT:
+            out.append(_struct(value.struct_value))
+        elif kind == _LIST:
+            out.append(_list(value.list_value))
+        else:
+            out.append(None)
+    return out
+
+
+def _number(number: float) -> int | float:
+    # Struct numbers are doubles; whole ones read back as integers (1, not 1.0).
+    if number.is_integer():
+        return int(number) if -_MAX_SAFE_INT <= number <= _MAX_SAFE_INT else number
+    if number - number != 0:  # NaN or an infinity
+        raise _NotFinite
+    return number
+
+
+def _non_finite(struct: struct_pb2.Struct, where: str) -> tuple[str, str]:
+    "The first non-finite number in ``struct``: (its path, the problem)."
+    pending: list[tuple[str, struct_pb2.Value]] = [
+        (f"{where}.{k}", v) for k, v in struct.fields.items()
+    ]
+    while pending:
+        path, value = pending.pop(0)
+        kind = value.WhichOneof("kind")
+        if kind == _NUMBER and not math.isfinite(value.number_value):
+            return path, f"{value.number_value} is not a JSON number"
+        if kind == _STRUCT:
+            pending.extend((f"{path}.{k}", v) for k, v in value.struct_value.fields.items())
+        elif kind == _LIST:
+            pending.extend((f"{path}[{i}]", v) for i, v in enumerate(value.list_value.values))
+    return where, "holds a number that is not a JSON number"
 
 
 def dict_to_struct(data: JSONObject, out: struct_pb2.Struct) -> None:
-    out.update(data)
+    out.MergeFromString(struct_bytes(data))
 
 
 def python_to_value(data: Any) -> struct_pb2.Value:
@@ -89,33 +151,63 @@ def python_to_value(data: Any) -> struct_pb2.Value:
     return value
 
 
-def event_from_pb(event: pb.AuditEvent, now_ns: int) -> NewEvent:
-    """A NewEvent from the wire (not yet validated; recorded_by is set by the caller).
+def _members(model: Any, wire: Any, prefix: str) -> dict[int, Any]:
+    "Wire enum number -> model enum member (``RESOURCE_TYPE_ENTITY``'s -> ``ENTITY``)."
+    return {wire.Value(prefix + member.value): member for member in model}
+
+
+_RESOURCES = _members(models.ResourceType, pb.ResourceType, "RESOURCE_TYPE_")
+_OPERATIONS = _members(models.Operation, pb.Operation, "OPERATION_")
+_ORIGINS = _members(models.Origin, pb.Origin, "ORIGIN_")
+_SOURCE_KINDS = _members(models.SourceKind, pb.SourceKind, "SOURCE_KIND_")
+_STATUSES = {0: models.Status.SUCCESS, **_members(models.Status, pb.Status, "STATUS_")}
+
+
+def _enum(table: dict[int, Any], number: int, enum_type: Any, prefix: str, where: str) -> Any:
+    "The model member for a wire number; :raises InvalidArgument: 0 (unset) or unknown."
+    member = table.get(number)
+    if member is not None:
+        return member
+    _enum_name(enum_type, prefix, number, where, required=True)  # raises, naming the problem
+    raise InvalidArgument(where, f"unknown value {number}")  # (not reached)
+
+
+def event_from_pb(event: pb.AuditEvent, now_ns: int, recorded_by: str = "") -> NewEvent:
+    """A NewEvent from the wire, not yet validated (``AuditLog`` checks it and makes sure of
+    ``recorded_by``).
 
     :raises InvalidArgument: an enum is unspecified or unknown, a time or snapshot is malformed.
     """
-    resource = _enum_name(pb.ResourceType, "RESOURCE_TYPE_", event.resource,
-                          "event.resource", required=True)  # fmt: skip
-    operation = _enum_name(pb.Operation, "OPERATION_", event.operation,
-                           "event.operation", required=True)  # fmt: skip
-    origin = _enum_name(pb.Origin, "ORIGIN_", event.origin, "event.origin", required=True)
-    status = _enum_name(pb.Status, "STATUS_", event.status, "event.status", required=False)
-    kind = _enum_name(pb.SourceKind, "SOURCE_KIND_", event.source.kind,
-                      "event.source.kind", required=False)  # fmt: skip
+    resource = _RESOURCES.get(event.resource) or _enum(
+        _RESOURCES, event.resource, pb.ResourceType, "RESOURCE_TYPE_", "event.resource"
+    )
+    operation = _OPERATIONS.get(event.operation) or _enum(
+        _OPERATIONS, event.operation, pb.Operation, "OPERATION_", "event.operation"
+    )
+    origin = _ORIGINS.get(event.origin) or _enum(
+        _ORIGINS, event.origin, pb.Origin, "ORIGIN_", "event.origin"
+    )
+    status = _STATUSES.get(event.status)
+    if status is None:
+        raise InvalidArgument("event.status", f"unknown value {event.status}")
+    source = event.source
+    kind = _SOURCE_KINDS.get(source.kind)
+    if kind is None:
+        raise InvalidArgument("event.source.kind", f"unknown value {source.kind}")
     occurred_at = (
         timestamp_to_ns(event.occurred_at, "event.occurred_at")
         if event.HasField("occurred_at")
         else now_ns
     )
     return NewEvent(
-        resource=models.ResourceType(resource),
+        resource=resource,
         identifier=event.identifier,
-        operation=models.Operation(operation),
-        origin=models.Origin(origin),
+        operation=operation,
+        origin=origin,
         occurred_at=occurred_at,
-        recorded_by="",
-        source=models.Source(models.SourceKind(kind), event.source.id, event.source.name),
-        status=models.Status.SUCCESS if status == "UNSPECIFIED" else models.Status(status),
+        recorded_by=recorded_by,
+        source=models.Source(kind, source.id, source.name),
+        status=status,
         error=event.error,
         blueprint=event.blueprint,
         integration=event.integration,

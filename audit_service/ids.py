@@ -36,23 +36,31 @@ class IdGenerator:
             self._counter = (value >> 64) & 0xFFF
 
     def new(self) -> str:
+        return self.new_block(1)[0]
+
+    def new_block(self, count: int) -> list[str]:
+        "``count`` new ids, in order (one lock for all of them)."
         with self._lock:
-            ms = time.time_ns() // 1_000_000
-            if ms <= self._last_ms:
-                ms = self._last_ms
-                self._counter += 1
-                if self._counter > 0xFFF:  # counter exhausted: borrow the next millisecond
-                    ms += 1
-                    self._counter = 0
-            else:
+            return [self._next() for _ in range(count)]
+
+    def _next(self) -> str:
+        "The next id; called with the lock held."
+        ms = time.time_ns() // 1_000_000
+        if ms <= self._last_ms:
+            ms = self._last_ms
+            self._counter += 1
+            if self._counter > 0xFFF:  # counter exhausted: borrow the next millisecond
+                ms += 1
                 self._counter = 0
-            self._last_ms = ms
-            counter = self._counter
-            at = self._random_at
-            if at >= len(self._random) or self._random_pid != os.getpid():
-                self._random, self._random_pid, at = os.urandom(4096), os.getpid(), 0
-            self._random_at = at + 8
-            rand_b = int.from_bytes(self._random[at : at + 8], "big") & ((1 << 62) - 1)
+        else:
+            self._counter = 0
+        self._last_ms = ms
+        counter = self._counter
+        at = self._random_at
+        if at >= len(self._random) or self._random_pid != os.getpid():
+            self._random, self._random_pid, at = os.urandom(4096), os.getpid(), 0
+        self._random_at = at + 8
+        rand_b = int.from_bytes(self._random[at : at + 8], "big") & ((1 << 62) - 1)
         value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
         # What str(uuid.UUID(int=value)) gives, at less than half its cost (one per event).
         h = f"{value:032x}"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
 from audit_service import convert, query
-from audit_service.audit_log import AuditLog
+from audit_service.audit_log import AuditLog, PendingRecord
 from audit_service.auth import Authenticator
 from audit_service.errors import AuditError, InvalidArgument, TooLarge
 from audit_service.models import NewEvent, RecordOutcome
@@ -23,6 +25,8 @@ from clients import pb, pb_grpc
 log = logging.getLogger(__name__)
 
 MAX_BATCH_EVENTS = 5000
+# RecordStream batches converted and queued for the writer ahead of their acknowledgement.
+STREAM_AHEAD = 4
 # gRPC clients refuse responses over 4 MiB unless told otherwise; stay well under it.
 MAX_LIST_RESPONSE_BYTES = 3 * 1024 * 1024
 
@@ -67,7 +71,9 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     def _principal(self, context: grpc.ServicerContext) -> Principal:
         return self._auth.authenticate(context.invocation_metadata(), _peer(context))
 
-    def _event(self, event: pb.AuditEvent | bytes, now: int) -> NewEvent | AuditError:
+    def _event(
+        self, event: pb.AuditEvent | bytes, now: int, principal: Principal
+    ) -> NewEvent | AuditError:
         "One event of a request, decoded (when raw) and converted; errors are returned."
         try:
             if isinstance(event, bytes):
@@ -76,7 +82,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
                 event = decode(pb.AuditEvent, event)
             elif (size := event.ByteSize()) > MAX_EVENT_BYTES:
                 raise _too_large(size)
-            return convert.event_from_pb(event, now)
+            return convert.event_from_pb(event, now, principal.id)
         except AuditError as exc:
             return exc
 
@@ -85,7 +91,9 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         principal = self._principal(context)
         if not request.HasField("event"):
             raise InvalidArgument("event", "required")
-        (result,) = self._log.record(principal, [self._event(request.event, self._log.now())])
+        (result,) = self._log.record(
+            principal, [self._event(request.event, self._log.now(), principal)]
+        )
         if isinstance(result, AuditError):
             raise result
         response = pb.RecordResponse(id=result.id, duplicate=result.duplicate)
@@ -95,11 +103,31 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     def RecordStream(
         self, request_iterator: Iterable[Any], context: grpc.ServicerContext
     ) -> Iterator[pb.RecordStreamResponse]:
+        """Batches are read, converted and queued for the writer by a thread of their own,
+        up to ``STREAM_AHEAD`` batches ahead, while this one answers them in order, each once
+        it is durable: batch N+1 is converted while batch N commits."""
         try:
             principal = self._principal(context)
             self._log.require_recorder(principal)
-            for request in request_iterator:
-                yield self._record_batch(principal, request)
+        except AuditError as exc:
+            context.abort(status_code(exc), exc.message)
+        ahead: queue.Queue[tuple[int, PendingRecord] | BaseException | None] = queue.Queue(
+            STREAM_AHEAD
+        )
+        stop = threading.Event()
+        reader = threading.Thread(
+            target=self._read_batches,
+            args=(principal, request_iterator, ahead, stop),
+            name="record-stream-reader",
+            daemon=True,
+        )
+        reader.start()
+        try:
+            while (item := ahead.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                batch, pending = item
+                yield _stream_response(batch, pending.results())
         except AuditError as exc:
             context.abort(status_code(exc), exc.message)
         except grpc.RpcError:
@@ -107,8 +135,37 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         except Exception:
             log.exception("RecordStream failed")
             context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has details")
+        finally:
+            stop.set()
 
-    def _record_batch(self, principal: Principal, request: Any) -> pb.RecordStreamResponse:
+    def _read_batches(
+        self,
+        principal: Principal,
+        requests: Iterable[Any],
+        ahead: queue.Queue[tuple[int, PendingRecord] | BaseException | None],
+        stop: threading.Event,
+    ) -> None:
+        "The reading side of RecordStream: ends with None, or the exception that ended it."
+
+        def put(item: tuple[int, PendingRecord] | BaseException | None) -> bool:
+            while not stop.is_set():
+                try:
+                    ahead.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False  # the call ended: nobody reads on
+
+        try:
+            for request in requests:
+                if not put((request.batch, self._submit_batch(principal, request))):
+                    return
+        except BaseException as exc:
+            put(exc)
+            return
+        put(None)
+
+    def _submit_batch(self, principal: Principal, request: Any) -> PendingRecord:
         if len(request.events) > MAX_BATCH_EVENTS:
             raise InvalidArgument(
                 "events",
@@ -116,14 +173,8 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
                 f" at most {MAX_BATCH_EVENTS} per batch",
             )
         now = self._log.now()
-        results = self._log.record(principal, [self._event(e, now) for e in request.events])
-        response = pb.RecordStreamResponse(batch=request.batch)
-        for result in results:
-            if isinstance(result, RecordOutcome):
-                response.results.add(id=result.id, duplicate=result.duplicate)
-            else:
-                response.results.add(error=result_error(result))
-        return response
+        events = [self._event(e, now, principal) for e in request.events]
+        return self._log.submit(principal, events)
 
     @_reports_errors
     def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> pb.ListResponse:
@@ -167,3 +218,16 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
 
 
 _FILTER_OPS = frozenset(pb.FilterOp.values())
+
+
+def _stream_response(
+    batch: int, results: list[RecordOutcome | AuditError]
+) -> pb.RecordStreamResponse:
+    response = pb.RecordStreamResponse(batch=batch)
+    add = response.results.add
+    for result in results:
+        if isinstance(result, RecordOutcome):
+            add(id=result.id, duplicate=result.duplicate)
+        else:
+            add(error=result_error(result))
+    return response

@@ -46,9 +46,10 @@ _INDEX_SNAPSHOTS = (
 # Rows per INSERT statement: powers of two up to this. Every statement step releases and
 # retakes the GIL (executemany: one step per row), and while RPC threads run Python each retake
 # can wait out the 5 ms switch interval, stalling the writer. Multi-row statements cut a group
-# commit's steps from one per row to a few per table (and SQLite does less per row).
-_ROWS_PER_INSERT = 32
-_MAX_PARAMS = 999  # the oldest SQLite's limit on parameters per statement
+# commit's steps from one per row to one or two per table (and SQLite does less per row).
+_ROWS_PER_INSERT = 512
+# SQLite's default limit on parameters per statement: 32766 since 3.32, 999 before.
+_MAX_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 _SQL_OPS = {Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}
 _FTS_MIN_CHARS = 3  # the trigram tokenizer cannot match shorter needles
 _IN_CHUNK = 500
@@ -114,19 +115,18 @@ class SQLiteStorage:
 
     def _insert(self, conn: sqlite3.Connection, events: Sequence[NewEvent]) -> list[RecordOutcome]:
         recorded_at = time.time_ns()
-        seen = self._existing_keys(conn, events)
-        seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        seen, seq = self._existing_keys(conn, events)
         outcomes: list[RecordOutcome] = []
         rows = Rows()
+        ids = iter(self._ids.new_block(len(events)))
         for event in events:
             key = (event.recorded_by, event.idempotency_key)
             if event.idempotency_key and key in seen:
                 outcomes.append(seen[key])
                 continue
             seq += 1
-            event_id = self._ids.new()
-            outcome = RecordOutcome(event_id, recorded_at, duplicate=False)
-            outcomes.append(outcome)
+            event_id = next(ids)
+            outcomes.append(RecordOutcome(event_id, recorded_at, duplicate=False))
             if event.idempotency_key:
                 seen[key] = RecordOutcome(event_id, recorded_at, duplicate=True)
             rows.add(seq, event_id, recorded_at, event)
@@ -135,23 +135,33 @@ class SQLiteStorage:
 
     def _existing_keys(
         self, conn: sqlite3.Connection, events: Sequence[NewEvent]
-    ) -> dict[tuple[str, str], RecordOutcome]:
+    ) -> tuple[dict[tuple[str, str], RecordOutcome], int]:
+        """The stored events among ``events``' idempotency keys, and the largest seq: one
+        statement for a batch of one principal's events (each statement releases and
+        retakes the GIL)."""
         wanted: dict[str, set[str]] = {}
         for event in events:
             if event.idempotency_key:
                 wanted.setdefault(event.recorded_by, set()).add(event.idempotency_key)
         found: dict[tuple[str, str], RecordOutcome] = {}
+        last_seq: int | None = None
         for principal, keys in wanted.items():
             for chunk in _chunks(sorted(keys), _IN_CHUNK):
                 marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
+                sql = (
                     "SELECT idempotency_key, id, recorded_at FROM events"
-                    f" WHERE recorded_by = ? AND idempotency_key IN ({marks})",
-                    [principal, *chunk],
+                    f" WHERE recorded_by = ? AND idempotency_key IN ({marks})"
                 )
-                for key, event_id, recorded_at in rows:
-                    found[(principal, key)] = RecordOutcome(event_id, recorded_at, True)
-        return found
+                if last_seq is None:
+                    sql += " UNION ALL SELECT NULL, NULL, coalesce(max(seq), 0) FROM events"
+                for key, event_id, recorded_at in conn.execute(sql, [principal, *chunk]):
+                    if key is None:
+                        last_seq = recorded_at
+                    else:
+                        found[(principal, key)] = RecordOutcome(event_id, recorded_at, True)
+        if last_seq is None:
+            last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        return found, last_seq
 
     def delete_expired(self, resource: models.ResourceType, cutoff_ns: int, limit: int) -> int:
         """Delete up to ``limit`` of the oldest ``resource`` events that occurred before
@@ -288,7 +298,7 @@ class SQLiteStorage:
                 f" WHERE e.resource IN ({marks}){filters}{order} LIMIT ?"
             )
             page_params = [*tabs, *params, limit]
-        elif column == "resource" or len(tabs) == 1:
+        elif column == "resource" or len(tabs) == 1 or looked_up:
             page = (
                 f"SELECT e.seq FROM events e WHERE e.resource IN ({marks}){filters}{page_order}"
                 " LIMIT ?"
@@ -360,7 +370,8 @@ def _condition_sql(
             )
         inner, args = _value_sql("value", c.op, c.values, Kind.TEXT)
         subquery = f"SELECT seq FROM event_context WHERE key = ? AND {inner}"
-        if c.op is Op.CONTAINS or _matches_many(conn, subquery, [c.context_key, *args]):
+        seqs = None if c.op is Op.CONTAINS else _few(conn, subquery, [c.context_key, *args])
+        if seqs is None:
             inner, args = _value_sql("c.value", c.op, c.values, Kind.TEXT)
             return (
                 "EXISTS (SELECT 1 FROM event_context c WHERE c.key = ? AND c.seq = e.seq"
@@ -368,15 +379,15 @@ def _condition_sql(
                 [c.context_key, *args],
                 False,
             )
-        return f"e.seq IN ({subquery})", [c.context_key, *args], True
+        return _SEQS_SQL, [seqs], True
     if c.field in ("error", "snapshot_text") and c.op is Op.CONTAINS:
         texts = [str(v) for v in c.values]
         table = "error_fts" if c.field == "error" else "snapshot_fts"
         if all(len(t) >= _FTS_MIN_CHARS for t in texts):
             match = " OR ".join('"' + t.replace('"', '""') + '"' for t in texts)
-            subquery = f"SELECT rowid FROM {table} WHERE {table} MATCH ?"
-            if not _matches_many(conn, subquery, [match]):
-                return f"e.seq IN ({subquery})", [match], True
+            seqs = _few(conn, f"SELECT rowid FROM {table} WHERE {table} MATCH ?", [match])
+            if seqs is not None:
+                return _SEQS_SQL, [seqs], True
         if c.field == "snapshot_text":
             parts = [
                 "EXISTS (SELECT 1 FROM snapshots s WHERE s.seq = e.seq"
@@ -412,6 +423,16 @@ def _column_sql(c: Condition, columns: list[str], prefix: str) -> tuple[str, lis
 # A rule matching at least this many events (in the tabs asked for) is checked row by row in
 # sort order; one matching fewer is looked up and its matches sorted (at most this many).
 MANY_MATCHES = 4000
+
+
+# The seqs a lookup found (a JSON array), so a text index is searched once per List call.
+_SEQS_SQL = "e.seq IN (SELECT value FROM json_each(?))"
+
+
+def _few(conn: sqlite3.Connection, subquery: str, params: list[Any]) -> str | None:
+    "The seqs ``subquery`` finds, as a JSON array, when fewer than ``MANY_MATCHES``; else None."
+    seqs = [row[0] for row in conn.execute(f"{subquery} LIMIT {MANY_MATCHES}", params)]
+    return None if len(seqs) >= MANY_MATCHES else json.dumps(seqs)
 
 
 def _matches_many(conn: sqlite3.Connection, subquery: str, params: list[Any]) -> bool:

@@ -2,7 +2,9 @@
 a do-nothing gRPC server reach on the same machine in the same run.
 
 (a) raw SQLite: the service's own schema and rows, executemany, 1000 events per transaction,
-    WAL, synchronous=FULL; no gRPC, no Python per-event work inside the timing. Beside it, the
+    WAL, synchronous=FULL, with the text indexes kept as the service keeps them (the snapshot
+    search text computed by SQLite from the rows); no gRPC, no Python per-event work inside
+    the timing. Beside it, the
     service's storage layer in-process (SQLiteStorage.insert_batch, 500 events per call): the
     same rows plus the Python that builds them, ids, the idempotency lookup.
 (b) RecordStream through the real server (a child process) over loopback: batches of 500
@@ -350,6 +352,7 @@ class Transaction:
     events: list[tuple[Any, ...]]
     context: list[tuple[str, str, int]]
     snapshots: list[tuple[int, str | None, str | None]]
+    errors: list[tuple[int, str]] = dataclasses.field(default_factory=list)
 
 
 def new_events(events: Sequence[pb.AuditEvent]) -> list[NewEvent]:
@@ -398,6 +401,8 @@ def raw_rows(events: Sequence[pb.AuditEvent]) -> list[Transaction]:
                 txn.snapshots.append(
                     (seq, sqlite_storage._dumps(event.before), sqlite_storage._dumps(event.after))
                 )
+            if event.error:
+                txn.errors.append((seq, event.error))
         transactions.append(txn)
     return transactions
 
@@ -422,6 +427,11 @@ def raw_insert(path: Path, transactions: Sequence[Transaction], max_seconds: flo
             conn.executemany(
                 "INSERT INTO snapshots (seq, before, after) VALUES (?, ?, ?)", txn.snapshots
             )
+            conn.executemany(sqlite_storage._INSERT_ERROR_FTS, txn.errors)
+            if txn.snapshots:  # the snapshot text index, as the service keeps it
+                conn.execute(
+                    sqlite_storage._INDEX_SNAPSHOTS, [txn.snapshots[0][0], txn.snapshots[-1][0]]
+                )
             conn.execute("COMMIT")
             count += len(txn.events)
         elapsed = time.perf_counter() - start
