@@ -18,8 +18,6 @@ KINDS: dict[str, str] = {
     "terraform": "collectors.terraform",
     "git": "collectors.git",
 }
-# In the command-line contract (shared/design/api.md), not built yet.
-PLANNED: tuple[str, ...] = ()
 
 USAGE = f"""usage: audit-collector KIND [options]
 
@@ -42,10 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args else 2
     kind, rest = args[0], args[1:]
     if kind not in KINDS:
-        if kind in PLANNED:
-            print(f"audit-collector: the {kind} collector is not available yet", file=sys.stderr)
-        else:
-            print(f"audit-collector: unknown KIND {kind!r}", file=sys.stderr)
+        print(f"audit-collector: unknown KIND {kind!r}", file=sys.stderr)
         print(USAGE, end="", file=sys.stderr)
         return 2
     return run(load(kind), rest)

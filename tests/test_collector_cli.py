@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from collectors import kubernetes
-from collectors.cli import KINDS, PLANNED
+from collectors.cli import KINDS
 from collectors.kubernetes import mapping, webhook
 from collectors.runtime.app import COMMON_OPTIONS
 from collectors.runtime.options import CONFIG_OPTION, Option
@@ -98,11 +98,8 @@ def test_usage_lists_the_kinds() -> None:
     assert run_collector().returncode == 2
 
 
-@pytest.mark.parametrize("kind", PLANNED)
-def test_planned_kinds_say_they_are_not_available_yet(kind: str) -> None:
-    result = run_collector(kind)
-    assert result.returncode == 2
-    assert f"the {kind} collector is not available yet" in result.stderr
+def test_every_kind_of_the_command_line_contract_is_built() -> None:
+    assert set(KINDS) == {"kubernetes", "git", "aws", "terraform"}
 
 
 def test_an_unknown_kind_is_refused() -> None:
