@@ -58,20 +58,29 @@ class AuditLog:
     # -- Record ---------------------------------------------------------------------------
 
     def record(
-        self, principal: Principal, events: Sequence[NewEvent | AuditError]
+        self,
+        principal: Principal,
+        events: Sequence[NewEvent | AuditError],
+        *,
+        depth_checked: bool = False,
     ) -> list[RecordOutcome | AuditError]:
         """Store every event that passes the rules, in one durable group; report each one.
 
         Items already AuditErrors (they failed conversion) are passed through in place.
         """
-        return self.submit(principal, events).results()
+        return self.submit(principal, events, depth_checked=depth_checked).results()
 
     def submit(
-        self, principal: Principal, events: Sequence[NewEvent | AuditError]
+        self,
+        principal: Principal,
+        events: Sequence[NewEvent | AuditError],
+        *,
+        depth_checked: bool = False,
     ) -> PendingRecord:
         """Check the events and queue those that pass for the writer, without waiting for
         their commit (``PendingRecord.results`` waits). Several submits from one caller are
-        committed in the order they were made."""
+        committed in the order they were made. ``depth_checked``: the events come from
+        ``convert``, which checked their snapshots' nesting."""
         self.require_recorder(principal)
         now = self._clock()
         results: list[NewEvent | RecordOutcome | AuditError] = []
@@ -80,19 +89,22 @@ class AuditLog:
                 results.append(event)
                 continue
             try:
-                results.append(self._admit(principal, event, now))
+                results.append(self._admit(principal, event, now, depth_checked))
             except AuditError as exc:
                 results.append(exc)
         accepted = [item for item in results if isinstance(item, NewEvent)]
         future = self._writer.submit(accepted) if accepted else None
         return PendingRecord(results, future)
 
-    def _admit(self, principal: Principal, event: NewEvent, now: int) -> NewEvent:
+    def _admit(
+        self, principal: Principal, event: NewEvent, now: int, depth_checked: bool = False
+    ) -> NewEvent:
         if principal.role is Role.RECORDER and event.origin not in principal.origins:
             raise PermissionDenied(
                 f"{principal.id} may not record events with origin {event.origin.value}"
             )
-        validate(event, now, oldest_allowed_ns=self._retention.cutoff(event.resource, now))
+        cutoff = self._retention.cutoff(event.resource, now)
+        validate(event, now, oldest_allowed_ns=cutoff, depth_checked=depth_checked)
         # A copy only when something changes: the servicer converts events with the caller
         # as recorded_by already (a copy per event cost more than the rest of admitting it).
         if event.recorded_by != principal.id:

@@ -15,6 +15,7 @@ from audit_service.server import StartupError, create_server, split_address
 from audit_service.storage import describe, is_postgres_url
 
 log = logging.getLogger("audit_service")
+SWITCH_INTERVAL_S = 0.0005
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The writer thread gives up the GIL at every SQLite statement and must win it back from
+    # threads converting events: at Python's default 5 ms switch interval each statement could
+    # wait that long. A shorter interval keeps the group commit moving (docs/performance.md).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         service = create_server(settings)
     except (StartupError, OSError) as exc:

@@ -12,6 +12,7 @@ from audit_service import models
 from audit_service.errors import InvalidArgument
 from audit_service.models import Diff, JSONObject, NewEvent, StoredEvent
 from audit_service.query import MAX_TIME_NS, MIN_TIME_NS, TIME_RANGE
+from audit_service.validation import MAX_SNAPSHOT_DEPTH
 from audit_service.wire import struct_bytes
 from clients import pb
 
@@ -58,28 +59,40 @@ def ns_to_timestamp(ns: int, out: timestamp_pb2.Timestamp) -> None:
 def struct_to_dict(struct: struct_pb2.Struct, where: str) -> JSONObject:
     """``struct`` as a JSON object (whole numbers as ints, as they read back from JSON).
 
-    :raises InvalidArgument: a number is not finite (JSON has no NaN or Infinity); the message
-        names where, e.g. ``event.after.spec.replicas``.
+    :raises InvalidArgument: a number is not finite (JSON has no NaN or Infinity; the message
+        names where, e.g. ``event.after.spec.replicas``), or the object nests deeper than
+        ``MAX_SNAPSHOT_DEPTH`` levels (the top-level object is level 1).
     """
     try:
-        return _struct(struct)
+        return _struct(struct, 1)
     except _NotFinite:
         raise InvalidArgument(*_non_finite(struct, where)) from None
+    except _TooDeep:
+        raise InvalidArgument(where, f"nests deeper than {MAX_SNAPSHOT_DEPTH} levels") from None
 
 
 class _NotFinite(Exception):
     "A NaN or infinite number_value (found fast; ``_non_finite`` then says where)."
 
 
-# The hot path: one WhichOneof per value, no path strings (they are built only for errors).
+class _TooDeep(Exception):
+    "An object or array past MAX_SNAPSHOT_DEPTH."
+
+
+# The hot path: one WhichOneof per value, no path strings (they are built only for errors),
+# the nesting depth checked on the way (validation need not walk the snapshot again).
 _STRUCT, _LIST, _NUMBER, _STRING, _BOOL = (
     "struct_value", "list_value", "number_value", "string_value", "bool_value",
 )  # fmt: skip
 
 
-def _struct(struct: struct_pb2.Struct) -> JSONObject:
+def _struct(struct: struct_pb2.Struct, level: int) -> JSONObject:
+    if level > MAX_SNAPSHOT_DEPTH:
+        raise _TooDeep
     out: JSONObject = {}
-    for key, value in struct.fields.items():
+    fields = struct.fields
+    for key in fields:  # (not .items(): its iterator is Python code, a lookup per item)
+        value = fields[key]
         kind = value.WhichOneof("kind")
         if kind == _STRING:
             out[key] = value.string_value
@@ -88,15 +101,17 @@ def _struct(struct: struct_pb2.Struct) -> JSONObject:
         elif kind == _BOOL:
             out[key] = value.bool_value
         elif kind == _STRUCT:
-            out[key] = _struct(value.struct_value)
+            out[key] = _struct(value.struct_value, level + 1)
         elif kind == _LIST:
-            out[key] = _list(value.list_value)
+            out[key] = _list(value.list_value, level + 1)
         else:
             out[key] = None  # null_value, or a Value with no kind set
     return out
 
 
-def _list(values: struct_pb2.ListValue) -> list[Any]:
+def _list(values: struct_pb2.ListValue, level: int) -> list[Any]:
+    if level > MAX_SNAPSHOT_DEPTH:
+        raise _TooDeep
     out: list[Any] = []
     for value in values.values:
         kind = value.WhichOneof("kind")
@@ -107,9 +122,9 @@ def _list(values: struct_pb2.ListValue) -> list[Any]:
         elif kind == _BOOL:
             out.append(value.bool_value)
         elif kind == _STRUCT:
-            out.append(_struct(value.struct_value))
+            out.append(_struct(value.struct_value, level + 1))
         elif kind == _LIST:
-            out.append(_list(value.list_value))
+            out.append(_list(value.list_value, level + 1))
         else:
             out.append(None)
     return out

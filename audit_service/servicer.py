@@ -92,7 +92,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         if not request.HasField("event"):
             raise InvalidArgument("event", "required")
         (result,) = self._log.record(
-            principal, [self._event(request.event, self._log.now(), principal)]
+            principal, [self._event(request.event, self._log.now(), principal)], depth_checked=True
         )
         if isinstance(result, AuditError):
             raise result
@@ -174,7 +174,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             )
         now = self._log.now()
         events = [self._event(e, now, principal) for e in request.events]
-        return self._log.submit(principal, events)
+        return self._log.submit(principal, events, depth_checked=True)
 
     @_reports_errors
     def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> pb.ListResponse:

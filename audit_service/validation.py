@@ -18,10 +18,18 @@ MAX_CONTEXT_VALUE_CHARS = 1024
 MAX_FUTURE_SKEW_NS = 5 * 60 * 1_000_000_000
 
 
-def validate(event: NewEvent, now_ns: int, oldest_allowed_ns: int | None = None) -> None:
+def validate(
+    event: NewEvent,
+    now_ns: int,
+    oldest_allowed_ns: int | None = None,
+    *,
+    depth_checked: bool = False,
+) -> None:
     """Raise InvalidArgument for the first rule ``event`` breaks.
 
     ``oldest_allowed_ns``: events that occurred before it would already be past retention.
+    ``depth_checked``: the snapshots' nesting was checked already (``convert`` does, as it
+    builds them from the wire), so they need not be walked again.
     """
     if not event.identifier:
         raise InvalidArgument("event.identifier", "required")
@@ -52,6 +60,8 @@ def validate(event: NewEvent, now_ns: int, oldest_allowed_ns: int | None = None)
             f"older than the retention period for {event.resource.value} events",
         )
     _check_context(event.context)
+    if depth_checked:
+        return
     for name, snapshot in (("event.before", event.before), ("event.after", event.after)):
         if snapshot is not None and depth(snapshot) > MAX_SNAPSHOT_DEPTH:
             raise InvalidArgument(name, f"nests deeper than {MAX_SNAPSHOT_DEPTH} levels")
@@ -79,9 +89,16 @@ def _check_context(context: dict[str, str]) -> None:
     for key, value in context.items():
         if not key:
             raise InvalidArgument("event.context", "keys must not be empty")
-        _max_chars(f"event.context[{key[:40]!r}]", key, MAX_CONTEXT_KEY_CHARS)
-        _max_chars(f"event.context[{key[:40]!r}]", value, MAX_CONTEXT_VALUE_CHARS)
-        _no_nul(f"event.context[{key[:40]!r}]", key + value)
+        if (
+            len(key) > MAX_CONTEXT_KEY_CHARS
+            or len(value) > MAX_CONTEXT_VALUE_CHARS
+            or "\x00" in key
+            or "\x00" in value
+        ):  # (the entry's name is built only for the error)
+            name = f"event.context[{key[:40]!r}]"
+            _max_chars(name, key, MAX_CONTEXT_KEY_CHARS)
+            _max_chars(name, value, MAX_CONTEXT_VALUE_CHARS)
+            _no_nul(name, key + value)
 
 
 def _no_nul(name: str, value: str) -> None:

@@ -43,10 +43,11 @@ _INDEX_SNAPSHOTS = (
     f"INSERT INTO snapshot_fts (rowid, text) SELECT s.seq, {SNAPSHOT_TEXT_SQL}"
     " FROM snapshots s WHERE s.seq BETWEEN ? AND ?"
 )
-# Rows per INSERT statement: powers of two up to this. Every statement step releases and
-# retakes the GIL (executemany: one step per row), and while RPC threads run Python each retake
-# can wait out the 5 ms switch interval, stalling the writer. Multi-row statements cut a group
-# commit's steps from one per row to one or two per table (and SQLite does less per row).
+# Rows per INSERT statement: up to this many, so a group's rows of one table are one statement
+# as a rule. Every statement releases and retakes the GIL (executemany: one step per row), and
+# while other threads run Python each retake can wait out the switch interval, stalling the
+# writer. Multi-row statements cut a group commit to a few statements (and SQLite does less
+# per row). Each size is its own SQL text, prepared once and cached (``cached_statements``).
 _ROWS_PER_INSERT = 512
 # SQLite's default limit on parameters per statement: 32766 since 3.32, 999 before.
 _MAX_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
@@ -66,7 +67,9 @@ READER_CACHE_KIB = 8192  # per reading thread (up to --workers of them); the OS 
 def connect(
     path: Path, durability: Durability, cache_kib: int = WRITER_CACHE_KIB
 ) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=30, cached_statements=512
+    )
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL fsyncs the WAL on every commit: an acknowledged event survives power loss.
     # NORMAL fsyncs only at checkpoints: faster, and a power cut (not a crash of the
@@ -546,11 +549,28 @@ class Rows:
 
 def _event_row(seq: int, event_id: str, recorded_at: int, e: NewEvent) -> tuple[Any, ...]:
     return (
-        seq, event_id, e.occurred_at, recorded_at, e.resource.value, e.identifier,
-        e.blueprint, e.integration, e.run_id, e.operation.value, e.source.kind.value,
-        e.source.id, e.source.name, e.source.label, e.origin.value, e.status.value, e.error,
-        e.recorded_by, e.idempotency_key or None, _dumps(e.context), int(e.diff_available),
-    )  # fmt: skip
+        seq,
+        event_id,
+        e.occurred_at,
+        recorded_at,
+        e.resource.value,
+        e.identifier,
+        e.blueprint,
+        e.integration,
+        e.run_id,
+        e.operation.value,
+        e.source.kind.value,
+        e.source.id,
+        e.source.name,
+        e.source.label,
+        e.origin.value,
+        e.status.value,
+        e.error,
+        e.recorded_by,
+        e.idempotency_key or None,
+        _dumps(e.context),
+        int(e.diff_available),
+    )
 
 
 def _stored_event(row: Sequence[Any], *, with_snapshots: bool) -> StoredEvent:
@@ -589,18 +609,16 @@ _STATUSES = {m.value: m for m in models.Status}
 
 
 def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[Sequence[Any]]) -> None:
-    "Run ``insert`` (one ``VALUES (...)`` row) for every row, up to 32 rows per statement."
+    "Run ``insert`` (one ``VALUES (...)`` row) for every row, up to 512 rows per statement."
     start = 0
     while start < len(rows):
-        size = _ROWS_PER_INSERT
-        while size > 1 and (size > len(rows) - start or size * len(rows[start]) > _MAX_PARAMS):
-            size //= 2
+        size = min(len(rows) - start, _ROWS_PER_INSERT, _MAX_PARAMS // len(rows[start]))
         values = [value for row in rows[start : start + size] for value in row]
         conn.execute(_multi_row(insert, size), values)
         start += size
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _multi_row(insert: str, rows: int) -> str:
     "``insert`` with its ``VALUES (...)`` row repeated ``rows`` times."
     head, values, row = insert.rpartition(" VALUES ")
@@ -610,11 +628,31 @@ def _multi_row(insert: str, rows: int) -> str:
 # json.dumps builds a new encoder for every call that passes options; one shared encoder
 # (it keeps no state between calls) writes the same text faster.
 _JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# Its C encoder, made once: JSONEncoder.encode makes one per call (half the cost of encoding a
+# small snapshot). The same text; no check for circular references (values come from JSON).
+_C_ENCODE = getattr(json.encoder, "c_make_encoder", None)
+_ENCODE_OBJECT = (
+    None
+    if _C_ENCODE is None
+    else _C_ENCODE(
+        None,
+        _JSON_ENCODER.default,
+        json.encoder.encode_basestring,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
+    )
+)
 
 
 def _dumps(value: Any) -> str | None:
     if value is None:
         return None
+    if _ENCODE_OBJECT is not None and type(value) is dict:
+        return "".join(_ENCODE_OBJECT(value, 0))
     return _JSON_ENCODER.encode(value)
 
 
