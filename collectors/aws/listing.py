@@ -27,7 +27,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,7 +104,7 @@ class PrefixPoller:
         bucket: str,
         prefix: str,
         poll_interval: float,
-        make_reader: Any,  # () -> (s3 client, LogFileReader), in the worker's thread
+        make_reader: Callable[[], tuple[Any, LogFileReader]],  # called in the worker's thread
         status: SourceStatus,
     ) -> None:
         self.runtime = runtime
