@@ -1,7 +1,8 @@
 """Retention: events older than their resource type's window are deleted.
 
 Defaults: 90 days, 30 for SIGN_IN (account access). A sweep deletes in bounded batches, each
-its own transaction on the writer thread, so Records keep flowing between batches. The sweep
+its own transaction on the writer thread, so Records keep flowing between batches; batches
+are sized to take about 20 ms each, so a Record waits at most about that long for one. The sweep
 takes ``now`` as a parameter; APScheduler runs it at start and then on an interval.
 """
 
@@ -27,7 +28,12 @@ log = logging.getLogger(__name__)
 DAY_NS = 86_400 * 1_000_000_000
 DEFAULT_DAYS = 90
 DEFAULT_OVERRIDES: Mapping[ResourceType, int] = {ResourceType.SIGN_IN: 30}
-DEFAULT_BATCH = 1000
+DEFAULT_BATCH = 1000  # the most events one delete transaction takes
+# Each delete transaction is sized to take about this long: Records arriving meanwhile wait
+# for it (they commit right after it, on the same writer thread). The size adapts to what
+# the last transaction took, from FIRST_BATCH events up to the batch size.
+TARGET_BATCH_S = 0.02
+FIRST_BATCH = 100
 JOB_ID = "retention-sweep"
 
 
@@ -87,20 +93,34 @@ def sweep(
         if not ours:
             return None
         removed = storage.drop_expired(cutoffs)
+        limit = min(FIRST_BATCH, batch_size)
         for resource, cutoff in cutoffs.items():
             total = 0
             while True:
-                deleted = writer.run(partial(_delete_batch, resource, cutoff, batch_size)).result()
+                job = partial(_delete_batch, resource, cutoff, limit)
+                deleted, seconds = writer.run(job).result()
                 total += deleted
-                if deleted < batch_size:
+                if deleted < limit:
                     break
+                limit = _next_limit(limit, seconds, batch_size)
             if total:
                 removed[resource] = removed.get(resource, 0) + total
     return removed
 
 
-def _delete_batch(resource: ResourceType, cutoff: int, limit: int, storage: Storage) -> int:
-    return storage.delete_expired(resource, cutoff, limit)
+def _delete_batch(
+    resource: ResourceType, cutoff: int, limit: int, storage: Storage
+) -> tuple[int, float]:
+    "One delete transaction (on the writer thread): how many it deleted, in how long."
+    started = time.monotonic()
+    deleted = storage.delete_expired(resource, cutoff, limit)
+    return deleted, time.monotonic() - started
+
+
+def _next_limit(limit: int, seconds: float, most: int) -> int:
+    "The next batch's size: toward TARGET_BATCH_S, at most doubling or halving at a time."
+    scaled = limit * TARGET_BATCH_S / max(seconds, 1e-6)
+    return max(1, min(most, int(max(limit / 2, min(limit * 2, scaled)))))
 
 
 class RetentionScheduler:

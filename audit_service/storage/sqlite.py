@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -23,6 +24,7 @@ from audit_service.storage.base import StorageError
 from audit_service.storage.sqlite_schema import SNAPSHOT_TEXT_SQL, migrate
 
 Durability = Literal["FULL", "NORMAL"]
+log = logging.getLogger(__name__)
 
 _EVENT_COLUMNS = (
     "e.seq, e.id, e.occurred_at, e.recorded_at, e.resource, e.identifier, e.blueprint,"
@@ -60,6 +62,7 @@ def _casefold_contains(haystack: str | None, needle: str | None) -> bool:
     return haystack is not None and needle is not None and needle.casefold() in haystack.casefold()
 
 
+CHECKPOINT_INTERVAL_S = 0.2
 WRITER_CACHE_KIB = 65536  # the one write connection: index pages of every recent insert
 READER_CACHE_KIB = 8192  # per reading thread (up to --workers of them); the OS caches the rest
 
@@ -99,6 +102,26 @@ class SQLiteStorage:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        # Checkpoints (copying the WAL back into the database file, with its fsyncs) run on a
+        # connection and thread of their own, so no commit of the writer waits for one.
+        self._writer.execute("PRAGMA wal_autocheckpoint=0")
+        self._closing = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        "Every CHECKPOINT_INTERVAL_S, a PASSIVE checkpoint: it never blocks the writer."
+        conn = connect(self.path, self._durability, READER_CACHE_KIB)
+        try:
+            while not self._closing.wait(CHECKPOINT_INTERVAL_S):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # busy, or the disk: the next round retries
+                    log.warning("WAL checkpoint failed (retried): %s", exc)
+        finally:
+            conn.close()
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -342,11 +365,13 @@ class SQLiteStorage:
         return f"(e.{column}, e.seq) > (?, ?)", [cursor.value, 0 if row is None else row[0]]
 
     def close(self) -> None:
+        self._closing.set()
+        self._checkpointer.join()
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
-        self._writer.close()
+        self._writer.close()  # the last connection: SQLite checkpoints the rest as it closes
 
 
 def _sort_column(sort: Sort) -> str:
