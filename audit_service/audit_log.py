@@ -114,6 +114,7 @@ class AuditLog:
                 event,
                 before=None if event.before is None else self._fingerprinter.redact(event.before),
                 after=None if event.after is None else self._fingerprinter.redact(event.after),
+                json_text=None,  # the redacted snapshots are encoded by storage
             )
         return event
 

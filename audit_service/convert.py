@@ -214,7 +214,7 @@ def event_from_pb(event: pb.AuditEvent, now_ns: int, recorded_by: str = "") -> N
         if event.HasField("occurred_at")
         else now_ns
     )
-    return NewEvent(
+    converted = NewEvent(
         resource=resource,
         identifier=event.identifier,
         operation=operation,
@@ -232,6 +232,9 @@ def event_from_pb(event: pb.AuditEvent, now_ns: int, recorded_by: str = "") -> N
         after=struct_to_dict(event.after, "event.after") if event.HasField("after") else None,
         context=dict(event.context),
     )
+    # Encoded here, on the RPC thread, so the writer thread has less to do per event.
+    converted.json_text = models.encode_json(converted)
+    return converted
 
 
 def event_to_pb(event: StoredEvent, out: pb.AuditEvent) -> None:

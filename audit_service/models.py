@@ -7,6 +7,7 @@ are integer nanoseconds since the Unix epoch, UTC; snapshots are JSON-compatible
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,12 @@ class NewEvent:
     before: JSONObject | None = None
     after: JSONObject | None = None
     context: dict[str, str] = field(default_factory=dict)
+    # before, after and context as compact JSON text (``encode_json``), when encoded already
+    # (conversion does it on the RPC thread, off the writer's). Whoever changes before, after
+    # or context must set it to None.
+    json_text: tuple[str | None, str | None, str] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def diff_available(self) -> bool:
@@ -158,3 +165,43 @@ def diff_unavailable_reason(
     if before is None and after is None:
         return "the event was recorded without before/after snapshots"
     return None
+
+
+# -- JSON text --------------------------------------------------------------------------------
+
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# Its C encoder, made once (JSONEncoder.encode makes one per call, half the cost of encoding a
+# small snapshot): the same text, without the check for circular references (values come
+# from JSON, or from protobuf Structs).
+_C_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+_ENCODE_OBJECT = (
+    None
+    if _C_MAKE_ENCODER is None
+    else _C_MAKE_ENCODER(
+        None,
+        _JSON_ENCODER.default,
+        json.encoder.encode_basestring,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
+    )
+)
+
+
+def to_json(value: Any) -> str:
+    "``value`` as compact JSON text (non-ASCII kept as it is; NaN and infinities refused)."
+    if _ENCODE_OBJECT is not None and type(value) is dict:
+        return "".join(_ENCODE_OBJECT(value, 0))
+    return _JSON_ENCODER.encode(value)
+
+
+def encode_json(event: NewEvent) -> tuple[str | None, str | None, str]:
+    "An event's before, after and context as JSON text (what ``NewEvent.json_text`` holds)."
+    return (
+        None if event.before is None else to_json(event.before),
+        None if event.after is None else to_json(event.after),
+        to_json(event.context),
+    )

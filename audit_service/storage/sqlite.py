@@ -18,7 +18,7 @@ import sqlite_utils
 from audit_service import models
 from audit_service.ids import IdGenerator
 from audit_service.keys import ServerKey, key_path_for
-from audit_service.models import NewEvent, RecordOutcome, StoredEvent
+from audit_service.models import NewEvent, RecordOutcome, StoredEvent, encode_json, to_json
 from audit_service.query import Condition, Cursor, Kind, Op, Query, Sort
 from audit_service.storage.base import StorageError
 from audit_service.storage.sqlite_schema import SNAPSHOT_TEXT_SQL, migrate
@@ -555,10 +555,11 @@ class Rows:
         self.errors: list[tuple[int, str]] = []
 
     def add(self, seq: int, event_id: str, recorded_at: int, event: NewEvent) -> None:
-        self.events.append(_event_row(seq, event_id, recorded_at, event))
+        encoded = event.json_text or encode_json(event)  # (conversion encodes it as a rule)
+        self.events.append(_event_row(seq, event_id, recorded_at, event, encoded[2]))
         self.context.extend((k, v, seq) for k, v in event.context.items())
         if event.before is not None or event.after is not None:
-            self.snapshots.append((seq, _dumps(event.before), _dumps(event.after)))
+            self.snapshots.append((seq, encoded[0], encoded[1]))
         if event.error:
             self.errors.append((seq, event.error))
 
@@ -572,7 +573,9 @@ class Rows:
             conn.execute(_INDEX_SNAPSHOTS, [self.snapshots[0][0], self.snapshots[-1][0]])
 
 
-def _event_row(seq: int, event_id: str, recorded_at: int, e: NewEvent) -> tuple[Any, ...]:
+def _event_row(
+    seq: int, event_id: str, recorded_at: int, e: NewEvent, context: str | None = None
+) -> tuple[Any, ...]:
     return (
         seq,
         event_id,
@@ -593,7 +596,7 @@ def _event_row(seq: int, event_id: str, recorded_at: int, e: NewEvent) -> tuple[
         e.error,
         e.recorded_by,
         e.idempotency_key or None,
-        _dumps(e.context),
+        to_json(e.context) if context is None else context,
         int(e.diff_available),
     )
 
@@ -650,35 +653,8 @@ def _multi_row(insert: str, rows: int) -> str:
     return head + values + ", ".join([row] * rows)
 
 
-# json.dumps builds a new encoder for every call that passes options; one shared encoder
-# (it keeps no state between calls) writes the same text faster.
-_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-# Its C encoder, made once: JSONEncoder.encode makes one per call (half the cost of encoding a
-# small snapshot). The same text; no check for circular references (values come from JSON).
-_C_ENCODE = getattr(json.encoder, "c_make_encoder", None)
-_ENCODE_OBJECT = (
-    None
-    if _C_ENCODE is None
-    else _C_ENCODE(
-        None,
-        _JSON_ENCODER.default,
-        json.encoder.encode_basestring,
-        None,
-        ":",
-        ",",
-        False,
-        False,
-        False,
-    )
-)
-
-
 def _dumps(value: Any) -> str | None:
-    if value is None:
-        return None
-    if _ENCODE_OBJECT is not None and type(value) is dict:
-        return "".join(_ENCODE_OBJECT(value, 0))
-    return _JSON_ENCODER.encode(value)
+    return None if value is None else to_json(value)
 
 
 def _loads(text: str | None) -> Any:
