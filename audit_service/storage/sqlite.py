@@ -563,14 +563,20 @@ class Rows:
         if event.error:
             self.errors.append((seq, event.error))
 
-    def write(self, conn: sqlite3.Connection) -> None:
-        "Insert every row (inside the caller's transaction)."
+    def write(self, conn: sqlite3.Connection, *, index_snapshots: bool = True) -> None:
+        """Insert every row (inside the caller's transaction). ``index_snapshots=False``
+        leaves the snapshot text index to the caller (``index_snapshots_of``; bulk loads)."""
         _insert_rows(conn, _INSERT_EVENT, self.events)
         _insert_rows(conn, _INSERT_CONTEXT, self.context)
         _insert_rows(conn, _INSERT_SNAPSHOT, self.snapshots)
         _insert_rows(conn, _INSERT_ERROR_FTS, self.errors)
-        if self.snapshots:  # their search text, computed by SQLite from the rows just written
-            conn.execute(_INDEX_SNAPSHOTS, [self.snapshots[0][0], self.snapshots[-1][0]])
+        if self.snapshots and index_snapshots:
+            index_snapshots_of(conn, self.snapshots[0][0], self.snapshots[-1][0])
+
+
+def index_snapshots_of(conn: sqlite3.Connection, first_seq: int, last_seq: int) -> None:
+    "Add the snapshot rows with seq in [first, last] to the snapshot text index."
+    conn.execute(_INDEX_SNAPSHOTS, [first_seq, last_seq])
 
 
 def _event_row(
