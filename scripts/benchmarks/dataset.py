@@ -5,8 +5,9 @@
 ``retention`` call ``generate`` themselves (or take ``--db`` to reuse a file). The rows are
 the ones ``SQLiteStorage.insert_batch`` writes (``storage.sqlite.Rows``), in transactions of
 10,000 events with ``synchronous=OFF`` (a generator, not the measured path), the secondary
-indexes and the snapshot text index built once at the end; then the file is checkpointed, and the service opens it like any other (the planner statistics are the
-schema's fixed ones, as in every database the service makes).
+indexes and the snapshot text index built once at the end; then the file is checkpointed,
+and the service opens it like any other (the planner statistics are the schema's fixed
+ones, as in every database the service makes).
 
 What the events look like (seeded, so every run makes the same database):
 
