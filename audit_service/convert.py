@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from audit_service import models
 from audit_service.errors import InvalidArgument
 from audit_service.models import Diff, JSONObject, NewEvent, StoredEvent
 from audit_service.query import MAX_TIME_NS, MIN_TIME_NS, TIME_RANGE
 from audit_service.validation import MAX_SNAPSHOT_DEPTH
-from audit_service.wire import struct_bytes
+from audit_service.wire import struct_bytes, value_bytes
 from clients import pb
 
 _MAX_SAFE_INT = 2**53
@@ -162,7 +162,7 @@ def dict_to_struct(data: JSONObject, out: struct_pb2.Struct) -> None:
 
 def python_to_value(data: Any) -> struct_pb2.Value:
     value = struct_pb2.Value()
-    json_format.ParseDict(data, value)
+    value.MergeFromString(value_bytes(data))
     return value
 
 

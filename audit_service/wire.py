@@ -113,11 +113,30 @@ def _key(key: str) -> bytes:
     return head
 
 
+_STRINGS: dict[str, bytes] = {}  # short string -> its whole Value (values repeat too)
+_CACHED_STRING_CHARS = 64
+
+
+def _string(value: str) -> bytes:
+    data = value.encode()
+    encoded = b"\x1a" + _length(len(data)) + data
+    if len(value) <= _CACHED_STRING_CHARS:
+        if len(_STRINGS) >= _KEYS_LIMIT:
+            _STRINGS.clear()
+        _STRINGS[value] = encoded
+    return encoded
+
+
+def value_bytes(value: Any) -> bytes:
+    "``value`` (any JSON value) serialized as a ``google.protobuf.Value``."
+    return _value_bytes(value)
+
+
 def _value_bytes(value: Any) -> bytes:
     kind = type(value)
     if kind is str:
-        data: bytes = value.encode()
-        return b"\x1a" + _length(len(data)) + data
+        cached = _STRINGS.get(value)
+        return cached if cached is not None else _string(value)
     if kind is int or kind is float:
         packed: bytes = _pack_double(value)
         return b"\x11" + packed
