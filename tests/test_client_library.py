@@ -401,9 +401,9 @@ def test_the_token_travels_as_bearer_metadata(secured: TestServer) -> None:
 
 
 def test_a_token_for_a_remote_host_in_plaintext_warns() -> None:
-    assert is_loopback("127.0.0.1:50051")
+    assert is_loopback("127.0.0.1:4443")
     assert is_loopback("localhost:1")
-    assert is_loopback("[::1]:50051")
+    assert is_loopback("[::1]:4443")
     assert not is_loopback("audit.invalid:50051")
     with pytest.warns(InsecureTokenWarning):
         AuditClient("audit.invalid:50051", token="alog_x").close()  # no call is made
