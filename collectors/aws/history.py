@@ -24,6 +24,7 @@ from clients import pb
 from collectors.aws.mapping import Mapped
 from collectors.runtime.limits import OMITTED_KEY, fit_event
 from collectors.runtime.spool import SpoolTransaction
+from collectors.runtime.state_cache import StateCache
 
 SCOPE = "aws.resources"
 
@@ -46,16 +47,8 @@ class History:
     "The states recorded, read for one batch and written back with it."
 
     def __init__(self, tx: SpoolTransaction, batch: Sequence[Mapped]) -> None:
-        self._tx = tx
         keys = [m.resource_key for m in batch if m.resource_key is not None and not m.failed]
-        self._seen: dict[str, Seen | None] = {
-            key: Seen.decode(value) for key, value in tx.get_states(SCOPE, keys).items()
-        }
-        self._changed: dict[str, Seen | None] = {}
-
-    def _put(self, key: str, seen: Seen | None) -> None:
-        self._seen[key] = seen
-        self._changed[key] = seen
+        self._states = StateCache(tx, SCOPE, keys, Seen.decode, Seen.encode)
 
     def resolve(self, mapped: Mapped) -> pb.AuditEvent:
         "``mapped.event`` with its snapshots; the state recorded updated; fitted to the limits."
@@ -65,7 +58,7 @@ class History:
         key = mapped.resource_key
         if mapped.failed or mapped.operation == "READ" or key is None:
             return fit_event(event)
-        seen = self._seen.get(key)
+        seen = self._states.get(key)
         if seen is not None and mapped.moment < seen.moment:
             if mapped.operation != "CREATE":
                 event.context[OMITTED_KEY] = "before: arrived after a newer change to the resource"
@@ -74,20 +67,14 @@ class History:
             event.before.MergeFromString(seen.snapshot)
         if mapped.operation == "DELETE":
             if seen is not None:
-                self._put(key, None)
+                self._states.put(key, None)
         elif mapped.after_struct is not None:
-            self._put(key, Seen(mapped.moment, mapped.after_struct))
+            self._states.put(key, Seen(mapped.moment, mapped.after_struct))
         return fit_event(event)
 
     def save(self) -> None:
         "Write what changed (inside the same transaction)."
-        kept = [(k, s.encode()) for k, s in self._changed.items() if s is not None]
-        gone = [k for k, s in self._changed.items() if s is None]
-        if kept:
-            self._tx.set_states(SCOPE, kept)
-        if gone:
-            self._tx.delete_states(SCOPE, gone)
-        self._changed.clear()
+        self._states.save()
 
 
 def resolve_all(tx: SpoolTransaction, batch: Sequence[Mapped]) -> list[pb.AuditEvent]:

@@ -23,6 +23,7 @@ from clients import pb
 from collectors.kubernetes.mapping import Mapped
 from collectors.runtime.limits import OMITTED_KEY, fit_event
 from collectors.runtime.spool import SpoolTransaction
+from collectors.runtime.state_cache import StateCache
 
 SCOPE = "kubernetes.objects"
 
@@ -56,19 +57,8 @@ class History:
     "The objects seen, read for one batch and written back with it."
 
     def __init__(self, tx: SpoolTransaction, batch: Sequence[Mapped]) -> None:
-        self._tx = tx
         keys = [m.object_key for m in batch if m.object_key is not None and not m.failed]
-        self._seen: dict[str, Seen | None] = {
-            key: Seen.decode(value) for key, value in tx.get_states(SCOPE, keys).items()
-        }
-        self._changed: dict[str, Seen | None] = {}
-
-    def _get(self, key: str) -> Seen | None:
-        return self._seen.get(key)
-
-    def _put(self, key: str, seen: Seen | None) -> None:
-        self._seen[key] = seen
-        self._changed[key] = seen
+        self._states = StateCache(tx, SCOPE, keys, Seen.decode, Seen.encode)
 
     def resolve(self, mapped: Mapped) -> pb.AuditEvent:
         """``mapped.event`` with its snapshots, the last-seen object updated; fitted under the
@@ -77,14 +67,14 @@ class History:
         key = mapped.object_key
         if mapped.failed or mapped.operation == "READ" or key is None:
             return fit_event(event)  # a refused change, a read, or not one object
-        seen = self._get(key)
+        seen = self._states.get(key)
         if mapped.operation == "DELETE":
             if seen is not None and _same_object(mapped, seen):
                 event.before.MergeFromString(seen.snapshot)
             elif mapped.after_struct is not None:
                 event.before.MergeFromString(mapped.after_struct)
             if seen is not None:
-                self._put(key, None)
+                self._states.put(key, None)
             return fit_event(event)
         if mapped.after_struct is None:
             return fit_event(event)  # no object in the event (Metadata level): no snapshots
@@ -99,18 +89,12 @@ class History:
             if mapped.operation == "UPDATE":
                 event.before.MergeFromString(seen.snapshot)
         event.after.MergeFromString(mapped.after_struct)
-        self._put(key, Seen(mapped.uid, mapped.resource_version, mapped.after_struct))
+        self._states.put(key, Seen(mapped.uid, mapped.resource_version, mapped.after_struct))
         return fit_event(event)
 
     def save(self) -> None:
         "Write what changed (inside the same transaction)."
-        kept = [(k, s.encode()) for k, s in self._changed.items() if s is not None]
-        gone = [k for k, s in self._changed.items() if s is None]
-        if kept:
-            self._tx.set_states(SCOPE, kept)
-        if gone:
-            self._tx.delete_states(SCOPE, gone)
-        self._changed.clear()
+        self._states.save()
 
 
 def resolve_all(tx: SpoolTransaction, batch: Sequence[Mapped]) -> list[pb.AuditEvent]:
