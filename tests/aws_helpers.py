@@ -27,8 +27,7 @@ from typing import Any
 import boto3
 
 from clients import pb, pb_grpc
-from tests.collector_helpers import wait_until
-from tests.helpers import list_all
+from tests.collector_helpers import origin_events, wait_for_origin_events
 
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
@@ -122,13 +121,7 @@ def aws_events(
     stub: pb_grpc.AuditServiceStub, metadata: tuple[tuple[str, str], ...] = ()
 ) -> list[pb.AuditEvent]:
     "Every AWS_EXPORTER event, oldest first, with snapshots."
-    request = pb.ListRequest(
-        filters=[pb.Filter(field="origin", op=pb.FILTER_OP_EQUALS, values=["AWS_EXPORTER"])],
-        order_by="recorded_at asc",
-        page_size=1000,
-        include_snapshots=True,
-    )
-    return list(list_all(stub, request, metadata))
+    return origin_events(stub, ("AWS_EXPORTER",), metadata)
 
 
 def wait_for_aws_events(
@@ -138,13 +131,7 @@ def wait_for_aws_events(
     timeout: float = 20,
 ) -> list[pb.AuditEvent]:
     "Wait until the service holds ``count`` AWS_EXPORTER events (fails if it holds more)."
-
-    def enough() -> list[pb.AuditEvent] | None:
-        events = aws_events(stub, metadata)
-        assert len(events) <= count, f"{len(events)} events stored; expected {count}"
-        return events if len(events) == count else None
-
-    return wait_until(enough, timeout=timeout, interval=0.05)
+    return wait_for_origin_events(stub, ("AWS_EXPORTER",), count, metadata, timeout)
 
 
 # -- CloudTrail records, as the CloudTrail User Guide documents them -------------------------

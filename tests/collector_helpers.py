@@ -198,19 +198,48 @@ def run_collector(*args: str, timeout: float = 20) -> subprocess.CompletedProces
 # -- reading what the service stored -----------------------------------------------------
 
 
+def origin_events(
+    stub: pb_grpc.AuditServiceStub,
+    origins: tuple[str, ...],
+    metadata: tuple[tuple[str, str], ...] = (),
+    snapshots: bool = True,
+) -> list[pb.AuditEvent]:
+    "Every event of those origins in the service, in the order they were recorded."
+    request = pb.ListRequest(
+        filters=[pb.Filter(field="origin", op=pb.FILTER_OP_EQUALS, values=list(origins))],
+        order_by="recorded_at asc",
+        page_size=1000,
+        include_snapshots=snapshots,
+    )
+    return list(list_all(stub, request, metadata))
+
+
+def wait_for_origin_events(
+    stub: pb_grpc.AuditServiceStub,
+    origins: tuple[str, ...],
+    count: int,
+    metadata: tuple[tuple[str, str], ...] = (),
+    timeout: float = 20,
+) -> list[pb.AuditEvent]:
+    "Wait until the service holds ``count`` events of ``origins`` (fails if it holds more)."
+
+    def enough() -> list[pb.AuditEvent] | None:
+        events = origin_events(stub, origins, metadata)
+        assert len(events) <= count, [
+            (e.identifier, pb.Operation.Name(e.operation), dict(e.context)) for e in events
+        ]
+        return events if len(events) == count else None
+
+    return wait_until(enough, timeout=timeout, interval=0.05)
+
+
 def k8s_events(
     stub: pb_grpc.AuditServiceStub,
     metadata: tuple[tuple[str, str], ...] = (),
     snapshots: bool = True,
 ) -> list[pb.AuditEvent]:
     "Every K8S_EXPORTER event in the service, oldest first."
-    request = pb.ListRequest(
-        filters=[pb.Filter(field="origin", op=pb.FILTER_OP_EQUALS, values=["K8S_EXPORTER"])],
-        order_by="recorded_at asc",
-        page_size=1000,
-        include_snapshots=snapshots,
-    )
-    return list(list_all(stub, request, metadata))
+    return origin_events(stub, ("K8S_EXPORTER",), metadata, snapshots)
 
 
 def wait_for_k8s_events(
@@ -220,13 +249,7 @@ def wait_for_k8s_events(
     timeout: float = 20,
 ) -> list[pb.AuditEvent]:
     "Wait until the service holds ``count`` K8S_EXPORTER events (fails if it holds more)."
-
-    def enough() -> list[pb.AuditEvent] | None:
-        events = k8s_events(stub, metadata)
-        assert len(events) <= count, f"{len(events)} events stored; expected {count}"
-        return events if len(events) == count else None
-
-    return wait_until(enough, timeout=timeout, interval=0.05)
+    return wait_for_origin_events(stub, ("K8S_EXPORTER",), count, metadata, timeout)
 
 
 # -- Kubernetes audit events, as kube-apiserver encodes them -----------------------------

@@ -21,52 +21,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from clients import pb, pb_grpc
+from clients import pb
 from tests.collector_helpers import (
     CollectorProcess,
     HttpAnswer,
     free_port,
+    origin_events,
     spawn_collector,
-    wait_until,
 )
-from tests.helpers import TestServer, Token, list_all, start_server, write_tokens_file
-
-# -- reading what the service stored ---------------------------------------------------------
-
-
-def origin_events(
-    stub: pb_grpc.AuditServiceStub,
-    origins: tuple[str, ...],
-    metadata: tuple[tuple[str, str], ...] = (),
-) -> list[pb.AuditEvent]:
-    "Every event of those origins in the service, in the order they were recorded."
-    request = pb.ListRequest(
-        filters=[pb.Filter(field="origin", op=pb.FILTER_OP_EQUALS, values=list(origins))],
-        order_by="recorded_at asc",
-        page_size=1000,
-        include_snapshots=True,
-    )
-    return list(list_all(stub, request, metadata))
-
-
-def wait_for_events(
-    stub: pb_grpc.AuditServiceStub,
-    origins: tuple[str, ...],
-    count: int,
-    metadata: tuple[tuple[str, str], ...] = (),
-    timeout: float = 20,
-) -> list[pb.AuditEvent]:
-    "Wait until the service holds ``count`` events of ``origins`` (fails if it holds more)."
-
-    def enough() -> list[pb.AuditEvent] | None:
-        events = origin_events(stub, origins, metadata)
-        assert len(events) <= count, [
-            (e.identifier, pb.Operation.Name(e.operation), dict(e.context)) for e in events
-        ]
-        return events if len(events) == count else None
-
-    return wait_until(enough, timeout=timeout, interval=0.05)
-
+from tests.collector_helpers import wait_for_origin_events as wait_for_events
+from tests.helpers import TestServer, Token, start_server, write_tokens_file
 
 # -- webhook deliveries -----------------------------------------------------------------------
 
