@@ -41,7 +41,7 @@ from audit_service.query import (
     parse_condition,
     parse_sort,
 )
-from audit_service.storage import sqlite
+from audit_service.storage import sqlite_query
 from audit_service.storage.sqlite import SQLiteStorage
 
 NOW = 1_800_000_000_000_000_000
@@ -152,7 +152,7 @@ def test_every_filter_is_answered_without_reading_the_whole_table(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if common:  # as if every rule matched more than MANY_MATCHES events: walked, not looked up
-        monkeypatch.setattr(sqlite, "MANY_MATCHES", 0)
+        monkeypatch.setattr(sqlite_query, "MANY_MATCHES", 0)
     kind = FIELDS[field].kind if field in FIELDS else Kind.TEXT
     rule = parse_condition(field, op.value, [_value(field, kind)], "f")
     conditions: tuple[Condition, ...] = (rule,)

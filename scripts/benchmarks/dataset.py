@@ -3,7 +3,7 @@
 
 ``scripts/bench generate --events 1000000 --out PATH`` writes one; ``list``, ``contains`` and
 ``retention`` call ``generate`` themselves (or take ``--db`` to reuse a file). The rows are
-the ones ``SQLiteStorage.insert_batch`` writes (``storage.sqlite.Rows``), in transactions of
+the ones ``SQLiteStorage.insert_batch`` writes (``storage.sqlite_rows.Rows``), in transactions of
 10,000 events with ``synchronous=OFF`` (a generator, not the measured path), the secondary
 indexes and the snapshot text index built once at the end; then the file is checkpointed,
 and the service opens it like any other (the planner statistics are the schema's fixed
@@ -36,6 +36,7 @@ from pathlib import Path
 from audit_service import models
 from audit_service.models import NewEvent, Operation, Origin, ResourceType, SourceKind, Status
 from audit_service.storage import sqlite as sqlite_storage
+from audit_service.storage import sqlite_rows
 from audit_service.storage.sqlite import SQLiteStorage
 
 DESCRIPTION = "write the benchmark database: N realistic events in the service's schema"
@@ -158,7 +159,7 @@ def generate(
         last_ms, counter = 0, 0
         rand = random.Random(seed + 1)
         for txn_start in range(0, events, TXN_EVENTS):
-            rows = sqlite_storage.Rows()
+            rows = sqlite_rows.Rows()
             for i in range(txn_start, min(events, txn_start + TXN_EVENTS)):
                 recorded_at = first_recorded + i * step
                 event = maker.event(i, recorded_at - rand.randrange(0, 5_000_000_000))
@@ -177,7 +178,7 @@ def generate(
         conn.execute("BEGIN IMMEDIATE")
         for _, sql in indexes:
             conn.execute(sql)
-        sqlite_storage.index_snapshots_of(conn, 1, events)
+        sqlite_rows.index_snapshots_of(conn, 1, events)
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:

@@ -36,6 +36,7 @@ from audit_service import convert
 from audit_service.ids import IdGenerator
 from audit_service.models import NewEvent
 from audit_service.storage import sqlite as sqlite_storage
+from audit_service.storage import sqlite_rows
 from audit_service.storage.sqlite import SQLiteStorage
 from audit_service.storage.sqlite_schema import migrate
 from clients import pb
@@ -395,11 +396,11 @@ def raw_rows(events: Sequence[pb.AuditEvent]) -> list[Transaction]:
         for i in chunk:
             seq += 1
             event = converted[i]
-            txn.events.append(sqlite_storage._event_row(seq, ids.new(), now, event))
+            txn.events.append(sqlite_rows.event_row(seq, ids.new(), now, event))
             txn.context.extend((k, v, seq) for k, v in event.context.items())
             if event.before is not None or event.after is not None:
                 txn.snapshots.append(
-                    (seq, sqlite_storage._dumps(event.before), sqlite_storage._dumps(event.after))
+                    (seq, sqlite_rows.dumps(event.before), sqlite_rows.dumps(event.after))
                 )
             if event.error:
                 txn.errors.append((seq, event.error))
@@ -420,17 +421,17 @@ def raw_insert(path: Path, transactions: Sequence[Transaction], max_seconds: flo
             if time.perf_counter() > deadline:
                 break
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(sqlite_storage._INSERT_EVENT, txn.events)
+            conn.executemany(sqlite_rows.INSERT_EVENT, txn.events)
             conn.executemany(
                 "INSERT INTO event_context (key, value, seq) VALUES (?, ?, ?)", txn.context
             )
             conn.executemany(
                 "INSERT INTO snapshots (seq, before, after) VALUES (?, ?, ?)", txn.snapshots
             )
-            conn.executemany(sqlite_storage._INSERT_ERROR_FTS, txn.errors)
+            conn.executemany(sqlite_rows.INSERT_ERROR_FTS, txn.errors)
             if txn.snapshots:  # the snapshot text index, as the service keeps it
                 conn.execute(
-                    sqlite_storage._INDEX_SNAPSHOTS, [txn.snapshots[0][0], txn.snapshots[-1][0]]
+                    sqlite_rows.INDEX_SNAPSHOTS, [txn.snapshots[0][0], txn.snapshots[-1][0]]
                 )
             conn.execute("COMMIT")
             count += len(txn.events)

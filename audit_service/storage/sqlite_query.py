@@ -1,0 +1,281 @@
+"""How List is answered in SQLite: the SELECT for a query (tabs, rules, sort, page cursor)
+and the SQL functions its rules call."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from audit_service import models
+from audit_service.query import Condition, Cursor, Kind, Op, Query, Sort
+
+EVENT_COLUMNS = (
+    "e.seq, e.id, e.occurred_at, e.recorded_at, e.resource, e.identifier, e.blueprint,"
+    " e.integration, e.run_id, e.operation, e.source_kind, e.source_id, e.source_name,"
+    " e.origin, e.status, e.error, e.recorded_by, e.idempotency_key, e.context,"
+    " e.diff_available"
+)
+_SQL_OPS = {Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}
+_FTS_MIN_CHARS = 3  # the trigram tokenizer cannot match shorter needles
+
+
+def casefold_contains(haystack: str | None, needle: str | None) -> bool:
+    return haystack is not None and needle is not None and needle.casefold() in haystack.casefold()
+
+
+def list_sql(conn: sqlite3.Connection, query: Query) -> tuple[str, list[Any]]:
+    """The SELECT (and its parameters) that answers ``query``.
+
+    Every events index but two leads with ``resource`` (the tab), so the query names the
+    tabs it looks at: within one tab, a walk of (resource, sort column) in order; across
+    tabs, one such branch per tab, merged (a page of 100 reads at most 9 x 101 index
+    entries), or, sorted by occurred_at, a walk of the occurred_at index. A rule that
+    matches few events is looked up by its own index instead, its matches sorted (see
+    ``_condition_sql``). The page's seqs are found first; only those rows are read whole.
+    """
+    tabs, conditions = _split_tabs(query.conditions)
+    column = _sort_column(query.sort)
+    direction = "DESC" if query.sort.descending else "ASC"
+    limit = query.page_size + 1
+    select = EVENT_COLUMNS + f", e.{column}"
+    joins = ""
+    if query.include_snapshots:
+        select += ", s.before, s.after"
+        joins = " LEFT JOIN snapshots s ON s.seq = e.seq"
+    if not tabs:
+        return f"SELECT {select} FROM events e WHERE 0 LIMIT ?", [limit]
+    where: list[str] = []
+    params: list[Any] = []
+    looked_up = False
+    for condition in conditions:
+        sql, args, sparse = _condition_sql(condition, conn, tabs, column)
+        where.append(sql)
+        params.extend(args)
+        looked_up = looked_up or sparse
+    if query.after is not None:
+        sql, args = after_sql(conn, column, query.sort, query.after)
+        where.append(sql)
+        params.extend(args)
+    order = f" ORDER BY e.{column} {direction}, e.seq {direction}"
+    # With a rule that matches few events, the page comes from its matches, sorted: the
+    # "+" keeps the sort column's index (a walk) out of the plan.
+    page_order = f" ORDER BY +e.{column} {direction}, e.seq {direction}" if looked_up else order
+    filters = "".join(f" AND {w}" for w in where)
+    marks = ",".join("?" * len(tabs))
+    if column == "occurred_at" and len(tabs) > 1 and not looked_up:
+        page = (
+            f"SELECT e.seq FROM events e INDEXED BY events_occurred_at"
+            f" WHERE e.resource IN ({marks}){filters}{order} LIMIT ?"
+        )
+        page_params = [*tabs, *params, limit]
+    elif column == "resource" or len(tabs) == 1 or looked_up:
+        page = (
+            f"SELECT e.seq FROM events e WHERE e.resource IN ({marks}){filters}{page_order} LIMIT ?"
+        )
+        page_params = [*tabs, *params, limit]
+    else:
+        branch = (
+            f"SELECT * FROM (SELECT e.seq, e.{column} FROM events e WHERE e.resource = ?"
+            f"{filters}{page_order} LIMIT ?)"
+        )
+        page = (
+            "SELECT seq FROM (" + " UNION ALL ".join([branch] * len(tabs))
+            + f" ORDER BY 2 {direction}, 1 {direction} LIMIT ?)"
+        )  # fmt: skip
+        page_params = [value for tab in tabs for value in (tab, *params, limit)] + [limit]
+    sql = f"SELECT {select} FROM events e{joins} WHERE e.seq IN ({page}){order}"
+    return sql, page_params
+
+
+def after_sql(
+    conn: sqlite3.Connection, column: str, sort: Sort, cursor: Cursor
+) -> tuple[str, list[Any]]:
+    """Rows after the cursor in (sort value, id) order.
+
+    The cursor names an id; its seq is looked up (seq and id share one order). Should
+    retention have deleted that event meanwhile, the nearest seq on the right side stands
+    in, so the page sequence still neither skips nor repeats.
+    """
+    if sort.descending:
+        # seq and id share one order: the first row by id is the smallest seq (one probe).
+        row = conn.execute(
+            "SELECT seq FROM events WHERE id >= ? ORDER BY id LIMIT 1", [cursor.id]
+        ).fetchone()
+        bound = (1 << 63) - 1 if row is None else row[0]
+        return f"(e.{column}, e.seq) < (?, ?)", [cursor.value, bound]
+    row = conn.execute(
+        "SELECT seq FROM events WHERE id <= ? ORDER BY id DESC LIMIT 1", [cursor.id]
+    ).fetchone()
+    return f"(e.{column}, e.seq) > (?, ?)", [cursor.value, 0 if row is None else row[0]]
+
+
+def _sort_column(sort: Sort) -> str:
+    return sort.field  # every sortable field is a column of its own name
+
+
+def _condition_sql(
+    c: Condition, conn: sqlite3.Connection, tabs: Sequence[str], sort_column: str
+) -> tuple[str, list[Any], bool]:
+    """SQL for one rule, and whether it is to be looked up by its own index.
+
+    A rule an index can answer (a column's index, the context table, a text index) is
+    looked up there when it matches few events (under ``MANY_MATCHES`` in the tabs asked
+    for, counted first), its matches then sorted. When it matches many, it is checked row by
+    row while the query walks its sort order, which then fills a page soon: for a column,
+    its index is kept out of the plan (``+column``)."""
+    if c.context_key is not None:
+        if c.op is Op.NOT_EQUALS:
+            inner, args = _value_sql("value", Op.EQUALS, c.values, Kind.TEXT)
+            return (
+                f"e.seq NOT IN (SELECT seq FROM event_context WHERE key = ? AND {inner})",
+                [c.context_key, *args],
+                False,
+            )
+        inner, args = _value_sql("value", c.op, c.values, Kind.TEXT)
+        subquery = f"SELECT seq FROM event_context WHERE key = ? AND {inner}"
+        seqs = None if c.op is Op.CONTAINS else _few(conn, subquery, [c.context_key, *args])
+        if seqs is None:
+            inner, args = _value_sql("c.value", c.op, c.values, Kind.TEXT)
+            return (
+                "EXISTS (SELECT 1 FROM event_context c WHERE c.key = ? AND c.seq = e.seq"
+                f" AND {inner})",
+                [c.context_key, *args],
+                False,
+            )
+        return _SEQS_SQL, [seqs], True
+    if c.field in ("error", "snapshot_text") and c.op is Op.CONTAINS:
+        texts = [str(v) for v in c.values]
+        table = "error_fts" if c.field == "error" else "snapshot_fts"
+        if all(len(t) >= _FTS_MIN_CHARS for t in texts):
+            match = " OR ".join('"' + t.replace('"', '""') + '"' for t in texts)
+            seqs = _few(conn, f"SELECT rowid FROM {table} WHERE {table} MATCH ?", [match])
+            if seqs is not None:
+                return _SEQS_SQL, [seqs], True
+        if c.field == "snapshot_text":
+            parts = [
+                "EXISTS (SELECT 1 FROM snapshots s WHERE s.seq = e.seq"
+                " AND snapshot_contains(s.before, s.after, ?))"
+            ] * len(texts)
+            return "(" + " OR ".join(parts) + ")", list(texts), False
+        sql, args = _value_sql("e.error", c.op, c.values, c.kind)
+        return sql, args, False
+    columns = ["source_id", "source_name"] if c.field == "source" else [c.field]
+    indexable = c.op not in (Op.NOT_EQUALS, Op.CONTAINS) and c.field != sort_column
+    if indexable:
+        sql, args = _column_sql(c, columns, "e.")
+        marks = ",".join("?" * len(tabs))
+        probe = f"SELECT 1 FROM events e WHERE e.resource IN ({marks}) AND {sql}"
+        if not _matches_many(conn, probe, [*tabs, *args]):
+            return sql, args, True
+        sql, args = _column_sql(c, columns, "+e.")  # "+": checked, not looked up
+        return sql, args, False
+    sql, args = _column_sql(c, columns, "e.")
+    return sql, args, False
+
+
+def _column_sql(c: Condition, columns: list[str], prefix: str) -> tuple[str, list[Any]]:
+    if len(columns) == 1:
+        return _value_sql(prefix + columns[0], c.op, c.values, c.kind)
+    # source: the id or the name (for NOT_EQUALS: neither)
+    id_sql, id_args = _value_sql(prefix + columns[0], c.op, c.values, c.kind)
+    name_sql, name_args = _value_sql(prefix + columns[1], c.op, c.values, c.kind)
+    joiner = "AND" if c.op is Op.NOT_EQUALS else "OR"
+    return f"({id_sql} {joiner} {name_sql})", [*id_args, *name_args]
+
+
+# A rule matching at least this many events (in the tabs asked for) is checked row by row in
+# sort order; one matching fewer is looked up and its matches sorted (at most this many).
+MANY_MATCHES = 4000
+
+
+# The seqs a lookup found (a JSON array), so a text index is searched once per List call.
+_SEQS_SQL = "e.seq IN (SELECT value FROM json_each(?))"
+
+
+def _few(conn: sqlite3.Connection, subquery: str, params: list[Any]) -> str | None:
+    "The seqs ``subquery`` finds, as a JSON array, when fewer than ``MANY_MATCHES``; else None."
+    seqs = [row[0] for row in conn.execute(f"{subquery} LIMIT {MANY_MATCHES}", params)]
+    return None if len(seqs) >= MANY_MATCHES else json.dumps(seqs)
+
+
+def _matches_many(conn: sqlite3.Connection, subquery: str, params: list[Any]) -> bool:
+    sql = f"SELECT count(*) FROM ({subquery} LIMIT {MANY_MATCHES})"
+    count: int = conn.execute(sql, params).fetchone()[0]
+    return count >= MANY_MATCHES
+
+
+def snapshot_text(before: str | None, after: str | None) -> str:
+    "What ``snapshot_text`` searches (``sqlite_schema.SNAPSHOT_TEXT_SQL``, in Python)."
+    strings: set[str] = set()
+    for text in (before, after):
+        if text is not None:
+            _collect_strings(json.loads(text), strings)
+    return "\n".join(sorted(strings))
+
+
+def _collect_strings(value: Any, out: set[str]) -> None:
+    if isinstance(value, dict):
+        out.update(value)
+        for item in value.values():
+            _collect_strings(item, out)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_strings(item, out)
+    elif isinstance(value, str):
+        out.add(value)
+
+
+def snapshot_contains(before: str | None, after: str | None, needle: str | None) -> bool:
+    if needle is None:
+        return False
+    folded = needle.casefold()
+    # The JSON text holds every key and string (escaped only where it has a quote, backslash
+    # or control character): a cheap test first, then the exact one.
+    if (
+        not any(t is not None and folded in t.casefold() for t in (before, after))
+        and not any(ch in needle for ch in '"\\')
+        and all(ch >= " " for ch in needle)
+    ):
+        return False
+    return folded in snapshot_text(before, after).casefold()
+
+
+def _split_tabs(conditions: Sequence[Condition]) -> tuple[list[str], list[Condition]]:
+    "The resource types the conditions allow (sorted), and the other conditions."
+    tabs = set(models.ResourceType)
+    rest: list[Condition] = []
+    for c in conditions:
+        if c.field == "resource" and c.context_key is None and c.op is Op.EQUALS:
+            tabs &= {models.ResourceType(str(v)) for v in c.values}
+        elif c.field == "resource" and c.context_key is None and c.op is Op.NOT_EQUALS:
+            tabs -= {models.ResourceType(str(v)) for v in c.values}
+        else:
+            rest.append(c)
+    return sorted(t.value for t in tabs), rest
+
+
+def _value_sql(
+    column: str, op: Op, values: tuple[str | int, ...], kind: Kind
+) -> tuple[str, list[Any]]:
+    marks = ",".join("?" * len(values))
+    if op is Op.EQUALS:
+        return f"{column} IN ({marks})", list(values)
+    if op is Op.NOT_EQUALS:
+        return f"{column} NOT IN ({marks})", list(values)
+    if op is Op.CONTAINS:
+        parts = [f"casefold_contains({column}, ?)" for _ in values]
+        return "(" + " OR ".join(parts) + ")", list(values)
+    if op is Op.STARTS_WITH:
+        # A range over UTF-8 bytes, so the column's index serves it: every text that starts
+        # with the prefix sorts between the prefix and the prefix followed by 0xFF, a byte
+        # that never occurs in UTF-8.
+        parts, args = [], []
+        for value in values:
+            parts.append(f"({column} >= ? AND {column} < CAST(? AS TEXT))")
+            args.extend([value, str(value).encode() + b"\xff"])
+        return "(" + " OR ".join(parts) + ")", args
+    sql_op = _SQL_OPS[op]
+    parts = [f"{column} {sql_op} ?" for _ in values]
+    return "(" + " OR ".join(parts) + ")", list(values)
