@@ -26,7 +26,7 @@ from audit_service.principals import Principal, Role
 from audit_service.query import Condition, Cursor, Kind, Op, Query, Sort, sort_value
 from audit_service.retention import RetentionPolicy
 from audit_service.secrets_redaction import SecretFingerprinter
-from audit_service.storage.base import Storage
+from audit_service.storage.base import Storage, StorageError
 from audit_service.validation import validate
 from audit_service.writer import GroupCommitWriter
 
@@ -130,7 +130,10 @@ class AuditLog:
         digest = query_digest(query.conditions, query.sort)
         if page_token:
             query = replace(query, after=self._page_tokens.decode(page_token, digest))
-        events, cursor = self.storage.list_events(query)
+        try:
+            events, cursor = self.storage.list_events(query)
+        except StorageError as exc:
+            raise Unavailable(f"storage cannot answer now: {exc}; retry") from exc
         token = "" if cursor is None else self._page_tokens.encode(cursor, digest)
         return Page(events, token, query.sort, digest, self._page_tokens)
 
@@ -138,7 +141,10 @@ class AuditLog:
         if not is_event_id(event_id):
             raise InvalidArgument("id", f"{event_id[:64]!r} is not an event id (a UUIDv7)")
         _require_reader(principal)
-        event = self.storage.get_event(event_id)
+        try:
+            event = self.storage.get_event(event_id)
+        except StorageError as exc:
+            raise Unavailable(f"storage cannot answer now: {exc}; retry") from exc
         if event is None or not _may_see(principal, event):
             raise NotFound(f"no event with id {event_id}")
         return diff_of(event)

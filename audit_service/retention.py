@@ -1,8 +1,9 @@
 """Retention: events older than their resource type's window are deleted.
 
 Defaults: 90 days, 30 for SIGN_IN (account access). A sweep deletes in bounded batches, each
-its own transaction on the writer thread, so Records keep flowing between batches; batches
-are sized to take about 20 ms each, so a Record waits at most about that long for one. The sweep
+its own transaction, sized to take about 20 ms: the database's write lock is never held long
+(in SQLite, Records commit to the intake log and never wait for a delete; what the applier
+has to write waits for at most one batch). The sweep
 takes ``now`` as a parameter; APScheduler runs it at start and then on an interval.
 """
 
@@ -13,7 +14,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -21,7 +21,6 @@ from apscheduler.triggers.interval import IntervalTrigger
 from audit_service.errors import Unavailable
 from audit_service.models import ResourceType
 from audit_service.storage.base import Storage, StorageError
-from audit_service.writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +28,8 @@ DAY_NS = 86_400 * 1_000_000_000
 DEFAULT_DAYS = 90
 DEFAULT_OVERRIDES: Mapping[ResourceType, int] = {ResourceType.SIGN_IN: 30}
 DEFAULT_BATCH = 1000  # the most events one delete transaction takes
-# Each delete transaction is sized to take about this long: Records arriving meanwhile wait
-# for it (they commit right after it, on the same writer thread). The size adapts to what
+# Each delete transaction is sized to take about this long: writes of the events tables
+# arriving meanwhile wait for it. The size adapts to what
 # the last transaction took, from FIRST_BATCH events up to the batch size.
 TARGET_BATCH_S = 0.02
 FIRST_BATCH = 100
@@ -79,15 +78,14 @@ class RetentionPolicy:
 
 
 def sweep(
-    writer: GroupCommitWriter, policy: RetentionPolicy, now_ns: int, batch_size: int = DEFAULT_BATCH
+    storage: Storage, policy: RetentionPolicy, now_ns: int, batch_size: int = DEFAULT_BATCH
 ) -> dict[ResourceType, int] | None:
     """Delete every event past retention as of ``now_ns``; return the counts per type.
 
     Returns None, having done nothing, when another process sharing the database is sweeping
     (``Storage.sweep_lock``). Whole expired units go first (``Storage.drop_expired``: monthly
-    partitions in PostgreSQL), then the rest in batches on the writer thread.
+    partitions in PostgreSQL), then the rest in batches, each its own transaction.
     """
-    storage = writer.storage
     cutoffs = {resource: policy.cutoff(resource, now_ns) for resource in ResourceType}
     with storage.sweep_lock() as ours:
         if not ours:
@@ -97,8 +95,7 @@ def sweep(
         for resource, cutoff in cutoffs.items():
             total = 0
             while True:
-                job = partial(_delete_batch, resource, cutoff, limit)
-                deleted, seconds = writer.run(job).result()
+                deleted, seconds = _delete_batch(resource, cutoff, limit, storage)
                 total += deleted
                 if deleted < limit:
                     break
@@ -111,7 +108,7 @@ def sweep(
 def _delete_batch(
     resource: ResourceType, cutoff: int, limit: int, storage: Storage
 ) -> tuple[int, float]:
-    "One delete transaction (on the writer thread): how many it deleted, in how long."
+    "One delete transaction: how many it deleted, in how long."
     started = time.monotonic()
     deleted = storage.delete_expired(resource, cutoff, limit)
     return deleted, time.monotonic() - started
@@ -128,12 +125,12 @@ class RetentionScheduler:
 
     def __init__(
         self,
-        writer: GroupCommitWriter,
+        storage: Storage,
         policy: RetentionPolicy,
         interval_minutes: float,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
-        self._writer = writer
+        self._storage = storage
         self.policy = policy
         self._clock = clock
         self.sweeps = 0
@@ -155,7 +152,7 @@ class RetentionScheduler:
     def run_once(self) -> dict[ResourceType, int]:
         started = time.monotonic()
         try:
-            removed = sweep(self._writer, self.policy, self._clock())
+            removed = sweep(self._storage, self.policy, self._clock())
         except Unavailable:
             log.info("retention sweep stopped: shutting down")
             return {}

@@ -246,7 +246,7 @@ def create_server(settings: Settings, address: str | None = None) -> RunningServ
         writer.close()
         storage.close()
         raise StartupError(f"cannot listen on {address} (in use, or not a local address)")
-    retention = RetentionScheduler(writer, policy, settings.retention_interval_minutes)
+    retention = RetentionScheduler(writer.storage, policy, settings.retention_interval_minutes)
     server.start()
     retention.start()
     for name in ("", SERVICE_NAME):

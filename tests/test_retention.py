@@ -67,10 +67,10 @@ def test_sweep_boundaries_with_an_injected_clock(server: TestServer) -> None:
     _record(server, pb.RESOURCE_TYPE_SIGN_IN, 10, "sign-in-10d")
     writer, policy = server.service.writer, RetentionPolicy()
 
-    assert sweep(writer, policy, NOW) == {}
+    assert sweep(writer.storage, policy, NOW) == {}
     assert len(_identifiers(server)) == 4
     # Two days later: the 89-day entity is 91 days old, the 29-day sign-in 31 days old.
-    removed = sweep(writer, policy, NOW + 2 * DAY_NS)
+    removed = sweep(writer.storage, policy, NOW + 2 * DAY_NS)
     assert removed == {ResourceType.ENTITY: 1, ResourceType.SIGN_IN: 1}
     assert _identifiers(server) == {"entity-60d", "sign-in-10d"}
     # Everything stored beside the deleted events went with them.
@@ -98,9 +98,11 @@ def test_sweep_deletes_in_bounded_batches(server: TestServer) -> None:
     )
     list(server.stub.RecordStream(iter([batch])))
     groups_before = server.service.writer.groups_committed
-    removed = sweep(server.service.writer, RetentionPolicy(), NOW + 11 * DAY_NS, batch_size=100)
+    removed = sweep(
+        server.service.writer.storage, RetentionPolicy(), NOW + 11 * DAY_NS, batch_size=100
+    )
     assert removed == {ResourceType.ENTITY: 250}
-    assert server.service.writer.groups_committed == groups_before  # jobs, not event groups
+    assert server.service.writer.groups_committed == groups_before  # deletes are no groups
     assert _identifiers(server) == set()
 
 
@@ -114,7 +116,9 @@ def test_per_type_overrides(tmp_path: Path) -> None:
         _record(server, pb.RESOURCE_TYPE_ENTITY, 9, "entity-9d")
         _record(server, pb.RESOURCE_TYPE_SIGN_IN, 1, "sign-in-1d")
         _record(server, pb.RESOURCE_TYPE_SECRET, 300, "secret-300d")
-        removed = sweep(server.service.writer, server.service.retention.policy, NOW + 2 * DAY_NS)
+        removed = sweep(
+            server.service.writer.storage, server.service.retention.policy, NOW + 2 * DAY_NS
+        )
         assert removed == {ResourceType.ENTITY: 1, ResourceType.SIGN_IN: 1}
         assert _identifiers(server) == {"secret-300d"}
     finally:

@@ -114,6 +114,7 @@ def test_hourly_success_and_per_minute_failure_windows(tmp_path: Path) -> None:
         auditor.failed("ipv4:10.0.0.9:1", "unknown or revoked token", "abcd1234")
     finally:
         writer.close()
+    storage.wait_applied()
     rows = storage._writer.execute(
         "SELECT status, identifier, context FROM events ORDER BY seq"
     ).fetchall()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from audit_service import models
@@ -54,6 +54,51 @@ class Rows:
         if event.error:
             self.errors.append((seq, event.error))
 
+    def __len__(self) -> int:
+        "How many events."
+        return len(self.events)
+
+    @property
+    def last_seq(self) -> int:
+        "The seq of the last event (rows are added in seq order)."
+        last: int = self.events[-1][0]
+        return last
+
+    def extend(self, other: Rows) -> None:
+        "Add ``other``'s rows after these (its seqs follow these)."
+        self.events.extend(other.events)
+        self.context.extend(other.context)
+        self.snapshots.extend(other.snapshots)
+        self.errors.extend(other.errors)
+
+    @classmethod
+    def merged(cls, groups: Iterable[Rows]) -> Rows:
+        "One Rows with every group's rows, in the order given."
+        rows = cls()
+        for group in groups:
+            rows.extend(group)
+        return rows
+
+    def after(self, seq: int) -> Rows:
+        "The rows of the events whose seq is greater than ``seq``."
+        rows = Rows()
+        rows.events = [r for r in self.events if r[0] > seq]
+        rows.context = [r for r in self.context if r[2] > seq]
+        rows.snapshots = [r for r in self.snapshots if r[0] > seq]
+        rows.errors = [r for r in self.errors if r[0] > seq]
+        return rows
+
+    def to_json(self) -> str:
+        "All the rows as one JSON text (``from_json`` reads it back)."
+        return to_json([self.events, self.context, self.snapshots, self.errors])
+
+    @classmethod
+    def from_json(cls, text: str) -> Rows:
+        rows = cls()
+        # JSON arrays come back as lists; INSERT binds them the same as tuples.
+        rows.events, rows.context, rows.snapshots, rows.errors = json.loads(text)
+        return rows
+
     def write(self, conn: sqlite3.Connection, *, index_snapshots: bool = True) -> None:
         """Insert every row (inside the caller's transaction). ``index_snapshots=False``
         leaves the snapshot text index to the caller (``index_snapshots_of``; bulk loads)."""
@@ -68,6 +113,11 @@ class Rows:
 def index_snapshots_of(conn: sqlite3.Connection, first_seq: int, last_seq: int) -> None:
     "Add the snapshot rows with seq in [first, last] to the snapshot text index."
     conn.execute(INDEX_SNAPSHOTS, [first_seq, last_seq])
+
+
+# Where ``event_row`` puts the principal and the idempotency key.
+PRINCIPAL_COLUMN = 17
+KEY_COLUMN = 18
 
 
 def event_row(

@@ -39,7 +39,7 @@ from audit_service.storage import sqlite as sqlite_storage
 from audit_service.storage import sqlite_rows
 from audit_service.storage.sqlite import SQLiteStorage
 from audit_service.storage.sqlite_schema import migrate
-from clients import pb
+from clients import pb, pb_grpc
 from scripts.benchmarks.common import (
     ChildServer,
     Measurement,
@@ -291,8 +291,9 @@ class IngestBench:
         argv = [sys.executable, "-m", "scripts.benchmarks.noop_server"]
         with ChildServer(argv, self.tmp / "noop-server.log") as server:
             target = Target(server.endpoint, server.process.pid)
-            unary_calls(target, requests[: threads * 10], threads, self.counts.max_seconds)
-            result = unary_calls(target, requests, threads, self.counts.max_seconds)
+            warmup = requests[: threads * 10]
+            unary_calls(target, warmup, threads, self.counts.max_seconds, listed=False)
+            result = unary_calls(target, requests, threads, self.counts.max_seconds, listed=False)
         print(
             f"no-op unary gRPC server, {threads} client threads: {rate(result.rate)} calls/s"
             f"  {result.details('calls')}",
@@ -377,6 +378,7 @@ def storage_insert(path: Path, events: Sequence[NewEvent], max_seconds: float) -
                 break
             store.insert_batch([events[i] for i in chunk])
             count += len(chunk)
+        store.wait_applied()  # acknowledged is not enough: until every event is queryable
         elapsed = time.perf_counter() - start
         return Measurement(count, elapsed, client_cpu=_used(cpu, process_cpu_seconds()))
     finally:
@@ -486,10 +488,19 @@ def stream_ingest(
             errors.append(exc)
 
     _run_threads(one_stream, len(per_stream), max_seconds + 2 * RPC_TIMEOUT_S)
+    _until_listed(target)
     elapsed = time.perf_counter() - start
     if errors:
         raise RuntimeError(f"RecordStream failed: {errors[0]!r}") from errors[0]
     return cpu.measurement(sum(acked), elapsed)
+
+
+def _until_listed(target: Target) -> None:
+    """One List call: the service answers it once every event acknowledged before it is in
+    the events tables (SQLite applies staged events behind the acknowledgement)."""
+    with grpc.insecure_channel(target.endpoint) as channel:
+        stub = pb_grpc.AuditServiceStub(channel)
+        stub.List(pb.ListRequest(page_size=1), timeout=RPC_TIMEOUT_S)
 
 
 def _check_results(response: pb.RecordStreamResponse) -> None:
@@ -499,10 +510,17 @@ def _check_results(response: pb.RecordStreamResponse) -> None:
 
 
 def unary_calls(
-    target: Target, requests: Sequence[bytes], threads: int, max_seconds: float
+    target: Target,
+    requests: Sequence[bytes],
+    threads: int,
+    max_seconds: float,
+    *,
+    listed: bool = True,
 ) -> Measurement:
     """Send pre-serialized RecordRequests as unary Record calls from ``threads`` threads sharing
-    one channel. Returns the calls answered and the time they took."""
+    one channel. Returns the calls answered and the time they took, up to the answer of a List
+    after the last (``listed``; the no-op server has none): every event acknowledged is then
+    queryable, not only stored."""
     done = [0] * threads
     errors: list[BaseException] = []
     cpu = _CpuMeter(target.pid)

@@ -76,7 +76,7 @@ def test_retention_drops_whole_partitions_and_deletes_the_rest(
     assert old_months <= set(_partitions(pg_url))
     writer = GroupCommitWriter(pg)
     try:
-        removed = sweep(writer, RetentionPolicy(90, {}), NOW, batch_size=2)
+        removed = sweep(writer.storage, RetentionPolicy(90, {}), NOW, batch_size=2)
     finally:
         writer.close()
     assert removed == {ResourceType.ENTITY: 4}  # 500d, 400d, 100d, 95d (repeats were duplicates)
@@ -116,14 +116,14 @@ def test_only_one_process_sweeps_at_a_time(pg_url: str) -> None:
             with two.sweep_lock() as second:
                 assert first
                 assert not second
-            assert sweep(writer, RetentionPolicy(), NOW) is None
+            assert sweep(writer.storage, RetentionPolicy(), NOW) is None
         with two.sweep_lock() as after:
             assert after
-        assert sweep(writer, RetentionPolicy(), NOW) == {}
+        assert sweep(writer.storage, RetentionPolicy(), NOW) == {}
         # The lock is the database's: a plain session holding it stops every replica too.
         with psycopg.connect(pg_url, autocommit=True) as other:
             other.execute("SELECT pg_advisory_lock(%s)", [SWEEP_LOCK])
-            assert sweep(writer, RetentionPolicy(), NOW) is None
+            assert sweep(writer.storage, RetentionPolicy(), NOW) is None
     finally:
         writer.close()
         one.close()
