@@ -9,12 +9,13 @@ so one undecodable or oversized event fails alone.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 
 from audit_service.errors import InvalidArgument
+from audit_service.models import Diff
 
 M = TypeVar("M", bound=message.Message)
 
@@ -64,6 +65,14 @@ LazyRecordStreamRequest: Any = _lazy_batch_class()
 # Struct.update builds a message value by value in Python; writing the wire format directly
 # and parsing it in C (MergeFromString) is several times faster for big snapshots (GetDiff,
 # List with snapshots). Values map as Struct.update maps them.
+#
+# One pass per object: every piece of the output is appended to one list, joined once at the
+# end. A nested object or array leaves a slot for its length prefix, filled once its body is
+# written, so no body is copied into its parent. A key's map-entry pieces and a short
+# string's Value are cached: snapshots repeat both.
+#
+# Struct: field 1, map<string, Value> entries {1: key, 2: value}. Value: null 1 (varint),
+# number 2 (double), string 3, bool 4 (varint), struct 5, list 6. ListValue: field 1, Values.
 
 _pack_double = struct.Struct("<d").pack
 
@@ -84,71 +93,293 @@ def _length(n: int) -> bytes:
     return _SMALL[n] if n < 16384 else _varint(n)
 
 
-def struct_bytes(obj: Mapping[str, Any]) -> bytes:
-    "``obj`` (a JSON object) serialized as a ``google.protobuf.Struct``."
-    length, value_bytes, keys = _length, _value_bytes, _KEYS
-    parts = []
-    for key, value in obj.items():
-        head = keys.get(key)
-        if head is None:
-            head = _key(key)
-        encoded = value_bytes(value)
-        entry_length = len(head) + 1 + len(encoded)
-        encoded_length = length(len(encoded))
-        entry_length += len(encoded_length)
-        parts.append(b"\x0a" + length(entry_length) + head + b"\x12" + encoded_length + encoded)
-    return b"".join(parts)
+_CACHE_LIMIT = 16_384
+
+# key -> (its entry's key field, an entry's bytes before a number's 8 bytes, and the whole
+# entries for true, false and null)
+_KEYS: dict[str, tuple[bytes, bytes, bytes, bytes, bytes]] = {}
 
 
-_KEYS: dict[str, bytes] = {}  # key -> its map entry's key field (keys repeat)
-_KEYS_LIMIT = 16_384
-
-
-def _key(key: str) -> bytes:
+def _key(key: str) -> tuple[bytes, bytes, bytes, bytes, bytes]:
     data = key.encode()
     head = b"\x0a" + _length(len(data)) + data
-    if len(_KEYS) >= _KEYS_LIMIT:
+    n = len(head)
+    cached = (
+        head,
+        b"\x0a" + _length(n + 11) + head + b"\x12\x09\x11",
+        b"\x0a" + _length(n + 4) + head + b"\x12\x02\x20\x01",
+        b"\x0a" + _length(n + 4) + head + b"\x12\x02\x20\x00",
+        b"\x0a" + _length(n + 4) + head + b"\x12\x02\x08\x00",
+    )
+    if len(_KEYS) >= _CACHE_LIMIT:
         _KEYS.clear()
-    _KEYS[key] = head
-    return head
+    _KEYS[key] = cached
+    return cached
 
 
-_STRINGS: dict[str, bytes] = {}  # short string -> its whole Value (values repeat too)
+# short string -> its Value, framed as a map entry's value field and as a ListValue item
+_STRINGS: dict[str, tuple[bytes, bytes]] = {}
 _CACHED_STRING_CHARS = 64
 
 
-def _string(value: str) -> bytes:
+def _string(value: str) -> tuple[bytes, bytes]:
     data = value.encode()
     encoded = b"\x1a" + _length(len(data)) + data
+    framed = _length(len(encoded)) + encoded
+    both = (b"\x12" + framed, b"\x0a" + framed)
     if len(value) <= _CACHED_STRING_CHARS:
-        if len(_STRINGS) >= _KEYS_LIMIT:
+        if len(_STRINGS) >= _CACHE_LIMIT:
             _STRINGS.clear()
-        _STRINGS[value] = encoded
-    return encoded
+        _STRINGS[value] = both
+    return both
+
+
+_HERE = "/"  # a path tree's mark for "an operation names this very place" (no token has "/")
+
+# A path tree: token -> subtree, ``_HERE`` -> {} where an operation names the place itself.
+_PathTree = dict[str, Any]
+# An object's entries as written: key -> (first part, end part, bytes, its entries when the
+# value is an object written entry by entry as well, else None).
+_Spans = dict[str, tuple[int, int, int, Any]]
+
+
+_ITEM_NUMBER = b"\x0a\x09\x11"
+_ITEM_TRUE, _ITEM_FALSE, _ITEM_NULL = b"\x0a\x02\x20\x01", b"\x0a\x02\x20\x00", b"\x0a\x02\x08\x00"
+
+
+def _struct_into(
+    obj: Mapping[str, Any],
+    parts: list[bytes],
+    tree: _PathTree | None = None,
+    spans: _Spans | None = None,
+) -> int:
+    """Append ``obj``'s Struct body to ``parts``; return its length in bytes. With ``spans``,
+    also note there where each entry's parts are, and likewise inside the objects that
+    ``tree`` leads to."""
+    size = 0
+    append, keys, strings, pack, length = parts.append, _KEYS, _STRINGS, _pack_double, _length
+    for key, value in obj.items():
+        start = len(parts)
+        inner: _Spans | None = None
+        k = keys.get(key)
+        if k is None:
+            k = _key(key)
+        kind = type(value)
+        if kind is str:
+            cached = strings.get(value)
+            framed = (cached if cached is not None else _string(value))[0]
+            head = k[0]
+            n = len(head) + len(framed)
+            prefix = b"\x0a" + length(n)
+            append(prefix)
+            append(head)
+            append(framed)
+            entry = len(prefix) + n
+        elif kind is int or kind is float:
+            prefix = k[1]
+            append(prefix)
+            append(pack(value))
+            entry = len(prefix) + 8
+        elif kind is bool:
+            whole = k[2] if value else k[3]
+            append(whole)
+            entry = len(whole)
+        elif value is None:
+            whole = k[4]
+            append(whole)
+            entry = len(whole)
+        elif kind is dict or kind is list:
+            append(b"")
+            if kind is list:
+                body = _list_into(value, parts)
+                tag = b"\x32"
+            elif tree is None or (sub := tree.get(key)) is None or _HERE in sub:
+                body = _struct_into(value, parts)
+                tag = b"\x2a"
+            else:
+                inner = {}
+                body = _struct_into(value, parts, sub, inner)
+                tag = b"\x2a"
+            parts[start] = prefix = _object_entry_prefix(k[0], tag, body)
+            entry = len(prefix) + body
+        else:
+            raise TypeError(f"a {kind.__name__} is not a JSON value")
+        size += entry
+        if spans is not None:
+            spans[key] = (start, len(parts), entry, inner)
+    return size
+
+
+def _object_entry_prefix(head: bytes, tag: bytes, body: int) -> bytes:
+    "A map entry's bytes up to its value's body: an object or array of ``body`` bytes."
+    body_length = _length(body)
+    value_size = 1 + len(body_length) + body
+    value_length = _length(value_size)
+    return (
+        b"\x0a"
+        + _length(len(head) + 1 + len(value_length) + value_size)
+        + head
+        + b"\x12"
+        + value_length
+        + tag
+        + body_length
+    )
+
+
+def _list_into(items: list[Any], parts: list[bytes]) -> int:
+    "Append ``items``' ListValue body to ``parts``; return its length in bytes."
+    size = 0
+    append, strings, pack, length = parts.append, _STRINGS, _pack_double, _length
+    for value in items:
+        kind = type(value)
+        if kind is str:
+            cached = strings.get(value)
+            item = (cached if cached is not None else _string(value))[1]
+            append(item)
+            size += len(item)
+        elif kind is int or kind is float:
+            append(_ITEM_NUMBER)
+            append(pack(value))
+            size += 11
+        elif kind is bool:
+            append(_ITEM_TRUE if value else _ITEM_FALSE)
+            size += 4
+        elif value is None:
+            append(_ITEM_NULL)
+            size += 4
+        elif kind is dict or kind is list:
+            slot = len(parts)
+            append(b"")
+            if kind is dict:
+                body = _struct_into(value, parts)
+                tag = b"\x2a"
+            else:
+                body = _list_into(value, parts)
+                tag = b"\x32"
+            body_length = length(body)
+            value_size = 1 + len(body_length) + body
+            prefix = b"\x0a" + length(value_size) + tag + body_length
+            parts[slot] = prefix
+            size += len(prefix) + body
+        else:
+            raise TypeError(f"a {kind.__name__} is not a JSON value")
+    return size
+
+
+def struct_bytes(obj: Mapping[str, Any]) -> bytes:
+    "``obj`` (a JSON object) serialized as a ``google.protobuf.Struct``."
+    parts: list[bytes] = []
+    _struct_into(obj, parts)
+    return b"".join(parts)
 
 
 def value_bytes(value: Any) -> bytes:
     "``value`` (any JSON value) serialized as a ``google.protobuf.Value``."
-    return _value_bytes(value)
+    parts: list[bytes] = []
+    _list_into([value], parts)
+    item = b"".join(parts)  # the value as a ListValue's one item: tag, length, Value
+    start = 2
+    while item[start - 1] & 0x80:
+        start += 1
+    return item[start:]
 
 
-def _value_bytes(value: Any) -> bytes:
-    kind = type(value)
-    if kind is str:
-        cached = _STRINGS.get(value)
-        return cached if cached is not None else _string(value)
-    if kind is int or kind is float:
-        packed: bytes = _pack_double(value)
-        return b"\x11" + packed
-    if kind is bool:
-        return b"\x20\x01" if value else b"\x20\x00"
-    if kind is dict:
-        body = struct_bytes(value)
-        return b"\x2a" + _length(len(body)) + body
-    if kind is list:
-        length = _length
-        body = b"".join([b"\x0a" + length(len(item)) + item for item in map(_value_bytes, value)])
-        return b"\x32" + _length(len(body)) + body
-    if value is None:
-        return b"\x08\x00"
-    raise TypeError(f"a {kind.__name__} is not a JSON value")
+# -- GetDiffResponse -------------------------------------------------------------------------
+# ``after`` is mostly ``before``: the patch names every place where they differ, so each
+# object entry that no operation's path (or ``from``) runs through is the same on both sides,
+# and its bytes, written once for ``before``, serve ``after`` as they are.
+
+
+def _path_tree(patch: Sequence[Mapping[str, Any]]) -> _PathTree:
+    tree: _PathTree = {}
+    for op in patch:
+        for pointer in (op.get("path"), op.get("from")):
+            if pointer is None:
+                continue
+            node = tree
+            for token in pointer.split("/")[1:]:
+                node = node.setdefault(token.replace("~1", "/").replace("~0", "~"), {})
+            node[_HERE] = {}
+    return tree
+
+
+def _reusing_struct_into(
+    obj: Mapping[str, Any],
+    tree: _PathTree,
+    parts: list[bytes],
+    before_parts: list[bytes],
+    before_spans: _Spans,
+) -> int:
+    """``_struct_into`` for ``after``: each entry that no path of ``tree`` runs through is
+    taken as it is from before's parts."""
+    size = 0
+    for key, value in obj.items():
+        sub = tree.get(key)
+        span = before_spans.get(key)
+        if span is not None and sub is None:
+            start, end, entry, _ = span
+            parts += before_parts[start:end]
+        elif (
+            sub is not None and span is not None and span[3] is not None and type(value) is dict
+        ) and _HERE not in sub:
+            slot = len(parts)
+            parts.append(b"")
+            body = _reusing_struct_into(value, sub, parts, before_parts, span[3])
+            head = (_KEYS.get(key) or _key(key))[0]
+            parts[slot] = prefix = _object_entry_prefix(head, b"\x2a", body)
+            entry = len(prefix) + body
+        else:
+            entry = _struct_into({key: value}, parts)
+        size += entry
+    return size
+
+
+def _snapshots_into(
+    before: Mapping[str, Any], after: Mapping[str, Any], patch: Sequence[Mapping[str, Any]]
+) -> tuple[list[bytes], int, list[bytes], int]:
+    "``before`` and ``after`` as Struct bodies (parts and length), after's mostly before's."
+    tree = _path_tree(patch)
+    before_parts: list[bytes] = []
+    after_parts: list[bytes] = []
+    if _HERE in tree:  # an operation on the whole document: nothing to share
+        return (
+            before_parts,
+            _struct_into(before, before_parts),
+            after_parts,
+            _struct_into(after, after_parts),
+        )
+    spans: _Spans = {}
+    before_size = _struct_into(before, before_parts, tree, spans)
+    after_size = _reusing_struct_into(after, tree, after_parts, before_parts, spans)
+    return before_parts, before_size, after_parts, after_size
+
+
+def _string_field(tag: bytes, text: str) -> bytes:
+    if not text:
+        return b""
+    data = text.encode()
+    return tag + _length(len(data)) + data
+
+
+def diff_response_bytes(diff: Diff) -> bytes:
+    "``diff`` serialized as an ``auditlog.v1.GetDiffResponse``."
+    before_parts, before_size, after_parts, after_size = _snapshots_into(
+        diff.before, diff.after, diff.patch
+    )
+    parts = [
+        _string_field(b"\x0a", diff.id),
+        b"\x10\x01" if diff.available else b"",
+        _string_field(b"\x1a", diff.reason),
+        b"\x22" + _length(before_size),
+    ]
+    parts += before_parts
+    parts.append(b"\x2a" + _length(after_size))
+    parts += after_parts
+    for op in diff.patch:
+        body = _string_field(b"\x0a", op["op"]) + _string_field(b"\x12", op["path"])
+        if "value" in op:
+            value = value_bytes(op["value"])
+            body += b"\x1a" + _length(len(value)) + value
+        body += _string_field(b"\x22", op.get("from", ""))
+        parts.append(b"\x32" + _length(len(body)) + body)
+    return b"".join(parts)

@@ -9,6 +9,7 @@ same for an event with small snapshots. Target (issue 10): p50 <= 20 ms.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -29,6 +30,7 @@ from scripts.benchmarks.common import (
     rss_line,
     sample_event,
 )
+from scripts.benchmarks.ingest import _loopback_endpoint as loopback_endpoint
 
 DESCRIPTION = "GetDiff p50/p99 with 100 KB before/after snapshots"
 
@@ -40,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=None, help="events with big snapshots")
     parser.add_argument("--calls", type=int, default=None, help="timed GetDiff calls")
     parser.add_argument("--dir", type=Path, default=None, help="where the database goes")
+    parser.add_argument(
+        "--endpoint",
+        type=loopback_endpoint,
+        default=None,
+        help="measure an audit-service already listening on this loopback HOST:PORT instead"
+        " of starting one (e.g. one running under a profiler)",
+    )
 
 
 def big_snapshot(seed: int, size: int = SNAPSHOT_BYTES) -> dict[str, Any]:
@@ -88,9 +97,14 @@ def run(args: argparse.Namespace) -> int:
         for line in machine_lines(Path(tmp)):
             print(line)
         print(f"load average before: {load_average()}")
-        argv = audit_service_argv(Path(tmp) / "diff.db")
-        with ChildServer(argv, Path(tmp) / "service.log") as server:
-            with grpc.insecure_channel(server.endpoint) as channel:
+        with contextlib.ExitStack() as stack:
+            pid = None
+            endpoint = args.endpoint
+            if endpoint is None:
+                argv = audit_service_argv(Path(tmp) / "diff.db")
+                server = stack.enter_context(ChildServer(argv, Path(tmp) / "service.log"))
+                endpoint, pid = server.endpoint, server.process.pid
+            with grpc.insecure_channel(endpoint) as channel:
                 stub = pb_grpc.AuditServiceStub(channel)
                 big_ids, size, patch_ops = _store_big(stub, events)
                 small = stub.Record(pb.RecordRequest(event=sample_event(0, "diff"))).id
@@ -111,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
             )
             verdict = "met" if statistics.median(big) * 1000 <= P50_TARGET_MS else "NOT met"
             print(f"target p50 <= {P50_TARGET_MS:g} ms: {verdict}")
-            print(rss_line(server.process.pid))
+            if pid is not None:
+                print(rss_line(pid))
         print(f"load average after: {load_average()}")
     return 0
 
