@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 
@@ -311,15 +311,23 @@ def _reusing_struct_into(
     before_spans: _Spans,
 ) -> int:
     """``_struct_into`` for ``after``: each entry that no path of ``tree`` runs through is
-    taken as it is from before's parts."""
+    taken as it is from before's parts, runs of neighbours in one slice."""
     size = 0
+    run_start = run_end = 0  # before's parts still to take
     for key, value in obj.items():
         sub = tree.get(key)
         span = before_spans.get(key)
         if span is not None and sub is None:
             start, end, entry, _ = span
-            parts += before_parts[start:end]
-        elif (
+            if start != run_end:
+                parts += before_parts[run_start:run_end]
+                run_start = start
+            run_end = end
+            size += entry
+            continue
+        parts += before_parts[run_start:run_end]
+        run_start = run_end = 0
+        if (
             sub is not None and span is not None and span[3] is not None and type(value) is dict
         ) and _HERE not in sub:
             slot = len(parts)
@@ -327,10 +335,10 @@ def _reusing_struct_into(
             body = _reusing_struct_into(value, sub, parts, before_parts, span[3])
             head = (_KEYS.get(key) or _key(key))[0]
             parts[slot] = prefix = _object_entry_prefix(head, b"\x2a", body)
-            entry = len(prefix) + body
+            size += len(prefix) + body
         else:
-            entry = _struct_into({key: value}, parts)
-        size += entry
+            size += _struct_into({key: value}, parts)
+    parts += before_parts[run_start:run_end]
     return size
 
 
@@ -359,6 +367,41 @@ def _string_field(tag: bytes, text: str) -> bytes:
         return b""
     data = text.encode()
     return tag + _length(len(data)) + data
+
+
+class Serialized(Generic[M]):
+    """A response message as its wire bytes, ready to send: the server's serializer calls
+    ``SerializeToString`` and gets them as they are. Anything else (an in-process caller
+    reading a field) is answered by the message they parse to, parsed on first use."""
+
+    __slots__ = ("_data", "_message", "_type")
+
+    def __init__(self, message_type: type[M], data: bytes) -> None:
+        self._type = message_type
+        self._data = data
+        self._message: M | None = None
+
+    def SerializeToString(self) -> bytes:
+        return self._data
+
+    def ByteSize(self) -> int:
+        return len(self._data)
+
+    def message(self) -> M:
+        if self._message is None:
+            self._message = self._type.FromString(self._data)
+        return self._message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.message(), name)
+
+    def __eq__(self, other: object) -> bool:
+        return self.message() == (other.message() if isinstance(other, Serialized) else other)
+
+    __hash__ = None  # type: ignore[assignment]  # unhashable, as messages are
+
+    def __repr__(self) -> str:
+        return repr(self.message())
 
 
 def diff_response_bytes(diff: Diff) -> bytes:

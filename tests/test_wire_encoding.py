@@ -206,3 +206,21 @@ def test_any_diff_response_is_what_protobuf_builds(
     keys = st.sampled_from([*before, "new"])
     edited = {**before, **data.draw(st.dictionaries(keys, _json, max_size=2))}
     _check({"wrap": {"in": before}, "same": before}, {"wrap": {"in": edited}, "same": before})
+
+
+def test_serialized_response_sends_its_bytes_and_reads_as_the_message() -> None:
+    diff = Diff("0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b", True, "", {"a": 1}, {"a": 2}, [
+        {"op": "replace", "path": "/a", "value": 2},
+    ])  # fmt: skip
+    data = wire.diff_response_bytes(diff)
+    response = wire.Serialized(pb.GetDiffResponse, data)
+    assert response.SerializeToString() is data
+    assert response.ByteSize() == len(data)
+    assert response.available
+    assert [(op.op, op.path, op.value.number_value) for op in response.patch] == [
+        ("replace", "/a", 2.0)
+    ]
+    assert response == _reference_response(diff)
+    assert response == wire.Serialized(
+        pb.GetDiffResponse, _reference_response(diff).SerializeToString()
+    )
