@@ -61,7 +61,7 @@ ENUM_VALUES = {
 # Fields whose index a rare value is looked up by (source: its id and its name).
 LOOKUP_INDEX = {
     "source": ("events_resource_source_id", "events_resource_source_name"),
-    "error": ("events_resource_error", "json_each"),
+    "error": ("events_resource_error", "events_resource_failure", "json_each"),
     "snapshot_text": ("json_each",),
 }
 INDEX_OPS = {Op.EQUALS, Op.STARTS_WITH, Op.GT, Op.GTE, Op.LT, Op.LTE}

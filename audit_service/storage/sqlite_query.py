@@ -34,6 +34,9 @@ def list_sql(conn: sqlite3.Connection, query: Query) -> tuple[str, list[Any]]:
     entries), or, sorted by occurred_at, a walk of the occurred_at index. A rule that
     matches few events is looked up by its own index instead, its matches sorted (see
     ``_condition_sql``). The page's seqs are found first; only those rows are read whole.
+
+    A page cursor is two branches too (see ``after_sql``), and so is a rare ``source`` rule
+    (its id, its name), so that each branch seeks its index and reads it in order.
     """
     tabs, conditions = _split_tabs(query.conditions)
     column = _sort_column(query.sort)
@@ -49,50 +52,90 @@ def list_sql(conn: sqlite3.Connection, query: Query) -> tuple[str, list[Any]]:
     where: list[str] = []
     params: list[Any] = []
     looked_up = False
+    # Alternatives that overlap (a rare source rule: its id or its name), one branch each.
+    either: list[tuple[str, list[Any]]] = []
     for condition in conditions:
-        sql, args, sparse = _condition_sql(condition, conn, tabs, column)
-        where.append(sql)
-        params.extend(args)
+        alternatives, sparse = _condition_sql(condition, conn, tabs, column)
         looked_up = looked_up or sparse
-    if query.after is not None:
-        sql, args = after_sql(conn, column, query.sort, query.after)
+        if len(alternatives) > 1 and sparse and not either:
+            either = alternatives
+            continue
+        sql, args = _any_of(alternatives)
         where.append(sql)
         params.extend(args)
     order = f" ORDER BY e.{column} {direction}, e.seq {direction}"
     # With a rule that matches few events, the page comes from its matches, sorted: the
     # "+" keeps the sort column's index (a walk) out of the plan.
     page_order = f" ORDER BY +e.{column} {direction}, e.seq {direction}" if looked_up else order
-    filters = "".join(f" AND {w}" for w in where)
     marks = ",".join("?" * len(tabs))
     if column == "occurred_at" and len(tabs) > 1 and not looked_up:
+        if query.after is not None:
+            sql, args = after_sql(conn, column, query.sort, query.after, split=False)[0]
+            where.append(sql)
+            params.extend(args)
+        filters = "".join(f" AND {w}" for w in where)
         page = (
             f"SELECT e.seq FROM events e INDEXED BY events_occurred_at"
             f" WHERE e.resource IN ({marks}){filters}{order} LIMIT ?"
         )
         page_params = [*tabs, *params, limit]
-    elif column == "resource" or len(tabs) == 1 or looked_up:
-        page = (
-            f"SELECT e.seq FROM events e WHERE e.resource IN ({marks}){filters}{page_order} LIMIT ?"
-        )
-        page_params = [*tabs, *params, limit]
+        sql = f"SELECT {select} FROM events e{joins} WHERE e.seq IN ({page}){order}"
+        return sql, page_params
+    # Branches: the tabs (each walked in its own index order, or all of them at once when a
+    # rule is looked up or the sort is by resource), times the cursor's two parts, times a
+    # rare rule's alternatives. One branch is the page query itself.
+    tab_groups = [tabs] if column == "resource" or looked_up else [[tab] for tab in tabs]
+    cursor: list[tuple[str, list[Any]]] = [("", [])]
+    if query.after is not None:  # a rare rule's matches are sorted: the cursor only checks
+        cursor = after_sql(conn, column, query.sort, query.after, split=not looked_up)
+    branches: list[tuple[str, list[Any]]] = []
+    for group in tab_groups:
+        for cursor_sql, cursor_args in cursor:
+            for either_sql, either_args in either or [("", [])]:
+                parts = [f"e.resource IN ({','.join('?' * len(group))})", *where]
+                args = [*group, *params]
+                for extra, extra_args in ((cursor_sql, cursor_args), (either_sql, either_args)):
+                    if extra:
+                        parts.append(extra)
+                        args.extend(extra_args)
+                branch = (
+                    f"SELECT e.seq, e.{column} FROM events e WHERE {' AND '.join(parts)}"
+                    f"{page_order} LIMIT ?"
+                )
+                branches.append((branch, [*args, limit]))
+    if len(branches) == 1:
+        branch, page_params = branches[0]
+        page = f"SELECT seq FROM ({branch})"
     else:
-        branch = (
-            f"SELECT * FROM (SELECT e.seq, e.{column} FROM events e WHERE e.resource = ?"
-            f"{filters}{page_order} LIMIT ?)"
-        )
+        # The alternatives of a rule overlap: UNION drops an event both found.
+        compound = " UNION " if either else " UNION ALL "
         page = (
-            "SELECT seq FROM (" + " UNION ALL ".join([branch] * len(tabs))
+            "SELECT seq FROM ("
+            + compound.join(f"SELECT * FROM ({b})" for b, _ in branches)
             + f" ORDER BY 2 {direction}, 1 {direction} LIMIT ?)"
         )  # fmt: skip
-        page_params = [value for tab in tabs for value in (tab, *params, limit)] + [limit]
+        page_params = [value for _, args in branches for value in args] + [limit]
     sql = f"SELECT {select} FROM events e{joins} WHERE e.seq IN ({page}){order}"
     return sql, page_params
 
 
+def _any_of(alternatives: list[tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+    if len(alternatives) == 1:
+        return alternatives[0]
+    sql = "(" + " OR ".join(f"({a})" for a, _ in alternatives) + ")"
+    return sql, [value for _, args in alternatives for value in args]
+
+
 def after_sql(
-    conn: sqlite3.Connection, column: str, sort: Sort, cursor: Cursor
-) -> tuple[str, list[Any]]:
+    conn: sqlite3.Connection, column: str, sort: Sort, cursor: Cursor, *, split: bool = True
+) -> list[tuple[str, list[Any]]]:
     """Rows after the cursor in (sort value, id) order.
+
+    Split, that is two disjoint parts: the rest of the cursor's run of equal values
+    (``column = ? AND seq > ?``) and the values after it (``column > ?``), each a seek into
+    the sort column's index, read in order. (SQLite serves the row value
+    ``(column, seq) > (?, ?)`` as ``column >= ?`` and skips a run of equal values entry by
+    entry.) Not split: that row value, for a walk of unique values or a check of rows.
 
     The cursor names an id; its seq is looked up (seq and id share one order). Should
     retention have deleted that event meanwhile, the nearest seq on the right side stands
@@ -104,11 +147,19 @@ def after_sql(
             "SELECT seq FROM events WHERE id >= ? ORDER BY id LIMIT 1", [cursor.id]
         ).fetchone()
         bound = (1 << 63) - 1 if row is None else row[0]
-        return f"(e.{column}, e.seq) < (?, ?)", [cursor.value, bound]
-    row = conn.execute(
-        "SELECT seq FROM events WHERE id <= ? ORDER BY id DESC LIMIT 1", [cursor.id]
-    ).fetchone()
-    return f"(e.{column}, e.seq) > (?, ?)", [cursor.value, 0 if row is None else row[0]]
+        op = "<"
+    else:
+        row = conn.execute(
+            "SELECT seq FROM events WHERE id <= ? ORDER BY id DESC LIMIT 1", [cursor.id]
+        ).fetchone()
+        bound = 0 if row is None else row[0]
+        op = ">"
+    if not split:
+        return [(f"(e.{column}, e.seq) {op} (?, ?)", [cursor.value, bound])]
+    return [
+        (f"e.{column} = ? AND e.seq {op} ?", [cursor.value, bound]),
+        (f"e.{column} {op} ?", [cursor.value]),
+    ]
 
 
 def _sort_column(sort: Sort) -> str:
@@ -117,34 +168,38 @@ def _sort_column(sort: Sort) -> str:
 
 def _condition_sql(
     c: Condition, conn: sqlite3.Connection, tabs: Sequence[str], sort_column: str
-) -> tuple[str, list[Any], bool]:
-    """SQL for one rule, and whether it is to be looked up by its own index.
+) -> tuple[list[tuple[str, list[Any]]], bool]:
+    """SQL for one rule (alternatives, any of which matches), and whether it is to be looked
+    up by its own index.
 
     A rule an index can answer (a column's index, the context table, a text index) is
     looked up there when it matches few events (under ``MANY_MATCHES`` in the tabs asked
     for, counted first), its matches then sorted. When it matches many, it is checked row by
     row while the query walks its sort order, which then fills a page soon: for a column,
-    its index is kept out of the plan (``+column``)."""
+    its index is kept out of the plan (``+column``). A rare ``source`` rule is two
+    alternatives (its id, its name), each looked up by its own index."""
     if c.context_key is not None:
         if c.op is Op.NOT_EQUALS:
             inner, args = _value_sql("value", Op.EQUALS, c.values, Kind.TEXT)
-            return (
-                f"e.seq NOT IN (SELECT seq FROM event_context WHERE key = ? AND {inner})",
-                [c.context_key, *args],
-                False,
-            )
+            return [
+                (
+                    f"e.seq NOT IN (SELECT seq FROM event_context WHERE key = ? AND {inner})",
+                    [c.context_key, *args],
+                )
+            ], False
         inner, args = _value_sql("value", c.op, c.values, Kind.TEXT)
         subquery = f"SELECT seq FROM event_context WHERE key = ? AND {inner}"
         seqs = None if c.op is Op.CONTAINS else _few(conn, subquery, [c.context_key, *args])
         if seqs is None:
             inner, args = _value_sql("c.value", c.op, c.values, Kind.TEXT)
-            return (
-                "EXISTS (SELECT 1 FROM event_context c WHERE c.key = ? AND c.seq = e.seq"
-                f" AND {inner})",
-                [c.context_key, *args],
-                False,
-            )
-        return _SEQS_SQL, [seqs], True
+            return [
+                (
+                    "EXISTS (SELECT 1 FROM event_context c WHERE c.key = ? AND c.seq = e.seq"
+                    f" AND {inner})",
+                    [c.context_key, *args],
+                )
+            ], False
+        return [(_SEQS_SQL, [seqs])], True
     if c.field in ("error", "snapshot_text") and c.op is Op.CONTAINS:
         texts = [str(v) for v in c.values]
         table = "error_fts" if c.field == "error" else "snapshot_fts"
@@ -152,27 +207,42 @@ def _condition_sql(
             match = " OR ".join('"' + t.replace('"', '""') + '"' for t in texts)
             seqs = _few(conn, f"SELECT rowid FROM {table} WHERE {table} MATCH ?", [match])
             if seqs is not None:
-                return _SEQS_SQL, [seqs], True
+                return [(_SEQS_SQL, [seqs])], True
         if c.field == "snapshot_text":
             parts = [
                 "EXISTS (SELECT 1 FROM snapshots s WHERE s.seq = e.seq"
                 " AND snapshot_contains(s.before, s.after, ?))"
             ] * len(texts)
-            return "(" + " OR ".join(parts) + ")", list(texts), False
-        sql, args = _value_sql("e.error", c.op, c.values, c.kind)
-        return sql, args, False
+            return [("(" + " OR ".join(parts) + ")", list(texts))], False
+        return [_value_sql("e.error", c.op, c.values, c.kind)], False
     columns = ["source_id", "source_name"] if c.field == "source" else [c.field]
     indexable = c.op not in (Op.NOT_EQUALS, Op.CONTAINS) and c.field != sort_column
     if indexable:
-        sql, args = _column_sql(c, columns, "e.")
+        alternatives = [_value_sql(f"e.{column}", c.op, c.values, c.kind) for column in columns]
         marks = ",".join("?" * len(tabs))
+        sql, args = _any_of(alternatives)
         probe = f"SELECT 1 FROM events e WHERE e.resource IN ({marks}) AND {sql}"
         if not _matches_many(conn, probe, [*tabs, *args]):
-            return sql, args, True
-        sql, args = _column_sql(c, columns, "+e.")  # "+": checked, not looked up
-        return sql, args, False
-    sql, args = _column_sql(c, columns, "e.")
-    return sql, args, False
+            if c.field == "error" and not _may_match_empty(c):
+                # Failures only: their own index holds the error and the date.
+                sql, args = alternatives[0]
+                alternatives = [(f"{sql} AND e.error != ''", args)]
+            elif c.op is Op.EQUALS:
+                # Few match (counted): said so, or a rule on a column the date index also
+                # holds (status: 2 values) could be planned as a walk of that whole index.
+                alternatives = [(f"likelihood({sql}, {_FEW})", args) for sql, args in alternatives]
+            return alternatives, True
+        return [_column_sql(c, columns, "+e.")], False  # "+": checked, not looked up
+    return [_column_sql(c, columns, "e.")], False
+
+
+def _may_match_empty(c: Condition) -> bool:
+    "Whether the rule can match an empty text (a success's error)."
+    if c.op in (Op.LT, Op.LTE):
+        return True
+    if c.op is Op.GT:
+        return False
+    return "" in c.values  # EQUALS, GTE, STARTS_WITH (whose values are never empty)
 
 
 def _column_sql(c: Condition, columns: list[str], prefix: str) -> tuple[str, list[Any]]:
@@ -192,6 +262,9 @@ MANY_MATCHES = 4000
 
 # The seqs a lookup found (a JSON array), so a text index is searched once per List call.
 _SEQS_SQL = "e.seq IN (SELECT value FROM json_each(?))"
+
+
+_FEW = 0.001  # the share of events a looked-up rule matches, for the planner
 
 
 def _few(conn: sqlite3.Connection, subquery: str, params: list[Any]) -> str | None:
