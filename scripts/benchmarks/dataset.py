@@ -5,9 +5,9 @@
 ``retention`` call ``generate`` themselves (or take ``--db`` to reuse a file). The rows are
 the ones ``SQLiteStorage.insert_batch`` writes (``storage.sqlite_rows.Rows``), in transactions of
 10,000 events with ``synchronous=OFF`` (a generator, not the measured path), the secondary
-indexes and the snapshot text index built once at the end; then the file is checkpointed,
-and the service opens it like any other (the planner statistics are the schema's fixed
-ones, as in every database the service makes).
+indexes and the snapshot text index built once at the end, then the schema's fixed planner
+statistics written again (dropping an index deletes its); then the file is checkpointed,
+and the service opens it like any other.
 
 What the events look like (seeded, so every run makes the same database):
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from audit_service import models
 from audit_service.models import NewEvent, Operation, Origin, ResourceType, SourceKind, Status
 from audit_service.storage import sqlite as sqlite_storage
-from audit_service.storage import sqlite_rows
+from audit_service.storage import sqlite_rows, sqlite_schema
 from audit_service.storage.sqlite import SQLiteStorage
 
 DESCRIPTION = "write the benchmark database: N realistic events in the service's schema"
@@ -179,6 +179,8 @@ def generate(
         for _, sql in indexes:
             conn.execute(sql)
         sqlite_rows.index_snapshots_of(conn, 1, events)
+        # DROP INDEX deleted the indexes' planner statistics: the schema's fixed ones again.
+        sqlite_schema.write_planner_stats(conn)
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
