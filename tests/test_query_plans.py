@@ -16,6 +16,10 @@ all of them, and for every sort in both directions. What is asserted:
   context table are searched by a statement of their own first; the page query then reads
   the seqs they found, ``json_each``.)
 
+- a page cursor seeks past its run of equal sort values (two branches, each a seek), a
+  common rule on a column the tab's date index holds is checked in that index (no events
+  rows read), and a rare source or error rule is looked up in an index that carries the date.
+
 NOT_EQUALS, and CONTAINS on the other text fields, no index can answer: those are checked
 while the query walks its sort order inside the tab (still a SEARCH on resource).
 """
@@ -41,7 +45,7 @@ from audit_service.query import (
     parse_condition,
     parse_sort,
 )
-from audit_service.storage import sqlite_query
+from audit_service.storage import sqlite_query, sqlite_schema
 from audit_service.storage.sqlite import SQLiteStorage
 
 NOW = 1_800_000_000_000_000_000
@@ -193,3 +197,60 @@ def test_every_sort_takes_its_order_from_an_index(
         if field == "occurred_at" and not tab:
             index = "events_occurred_at"
         assert f"INDEX {index} " in details + " ", f"{what}: {details}"
+
+
+@pytest.mark.parametrize("field", SORTABLE)
+@pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
+def test_a_page_cursor_seeks_past_its_run_of_equal_values(
+    storage: SQLiteStorage, field: str, descending: bool
+) -> None:
+    "The cursor is two seeks (the rest of its run, the values after it), not ``column >= ?``."
+    conditions = (parse_condition("resource", "EQUALS", ["entity"], "f"),)
+    value: str | int = NOW if FIELDS[field].kind is Kind.TIME else "value-1"
+    sort = parse_sort(f"{field} {'desc' if descending else 'asc'}")
+    steps = plan(storage, Query(conditions, sort, 100, after=Cursor(value, "0" * 36)))
+    details = " | ".join(detail for _, _, detail in steps)
+    op = "<" if descending else ">"
+    index = "events_resource" if field == "resource" else f"events_resource_{field}"
+    seq = "seq" if field == "occurred_at" else "rowid"  # that index names seq
+    run = (
+        f"(resource=? AND {seq}" if field == "resource" else f"(resource=? AND {field}=? AND {seq}"
+    )
+    assert f"INDEX {index} {run}{op}?)" in details, details
+    if field != "resource":
+        assert f"INDEX {index} (resource=? AND {field}{op}?)" in details, details
+
+
+@pytest.mark.parametrize("field", sqlite_schema.WIDE_COLUMNS)
+def test_a_common_rule_on_a_tab_column_is_checked_in_the_date_index(
+    storage: SQLiteStorage, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    "Newest first in a tab, a rule on a column the date index holds reads no events rows."
+    monkeypatch.setattr(sqlite_query, "MANY_MATCHES", 0)
+    kind = FIELDS[field].kind
+    conditions = (
+        parse_condition("resource", "EQUALS", ["entity"], "f"),
+        parse_condition(field, "EQUALS", [_value(field, kind)], "f"),
+    )
+    details = [d for _, _, d in plan(storage, Query(conditions, parse_sort(""), 100))]
+    assert "SEARCH e USING COVERING INDEX events_resource_occurred_at (resource=?)" in details
+
+
+@pytest.mark.parametrize("tab", [True, False], ids=["one tab", "all tabs"])
+def test_a_rare_source_is_looked_up_by_id_and_by_name_without_reading_rows(
+    storage: SQLiteStorage, tab: bool
+) -> None:
+    rule = parse_condition("source", "EQUALS", ["value-1"], "f")
+    conditions = (parse_condition("resource", "EQUALS", ["entity"], "f"), rule) if tab else (rule,)
+    details = " | ".join(d for _, _, d in plan(storage, Query(conditions, parse_sort(""), 100)))
+    for column in ("source_id", "source_name"):
+        assert f"COVERING INDEX events_resource_{column} (resource=? AND {column}=?)" in details
+
+
+def test_a_rare_error_is_looked_up_among_failures_only(storage: SQLiteStorage) -> None:
+    conditions = (
+        parse_condition("resource", "EQUALS", ["entity"], "f"),
+        parse_condition("error", "STARTS_WITH", ["Deploy failed"], "f"),
+    )
+    details = " | ".join(d for _, _, d in plan(storage, Query(conditions, parse_sort(""), 100)))
+    assert "COVERING INDEX events_resource_failure (resource=? AND error>? AND error<?)" in details
