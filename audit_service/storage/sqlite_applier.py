@@ -186,8 +186,11 @@ class Applier:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
-            log.error("could not apply %d staged events (retrying): %s", len(rows), exc)
+        except Exception as exc:  # the database (or a bug): the groups stay queued
+            if isinstance(exc, sqlite3.Error):
+                log.error("could not apply %d staged events (retrying): %s", len(rows), exc)
+            else:
+                log.exception("could not apply %d staged events (retrying)", len(rows))
             with self._cond:
                 self._failure = str(exc)
                 self._queued[:0] = groups
