@@ -1,10 +1,10 @@
 """Retention: events older than their resource type's window are deleted.
 
 Defaults: 90 days, 30 for SIGN_IN (account access). A sweep deletes in bounded batches, each
-its own transaction, sized to take about 20 ms: the database's write lock is never held long
+its own transaction, sized to take about 50 ms: the database's write lock is never held long
 (in SQLite, Records commit to the intake log and never wait for a delete; what the applier
-has to write waits for at most one batch). The sweep
-takes ``now`` as a parameter; APScheduler runs it at start and then on an interval.
+has to write waits for at most one batch). The sweep takes ``now`` as a parameter;
+APScheduler runs it at start and then on an interval.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ DAY_NS = 86_400 * 1_000_000_000
 DEFAULT_DAYS = 90
 DEFAULT_OVERRIDES: Mapping[ResourceType, int] = {ResourceType.SIGN_IN: 30}
 DEFAULT_BATCH = 1000  # the most events one delete transaction takes
-# Each delete transaction is sized to take about this long: writes of the events tables
-# arriving meanwhile wait for it. The size adapts to what
-# the last transaction took, from FIRST_BATCH events up to the batch size.
-TARGET_BATCH_S = 0.02
+# Each delete transaction is sized to take about this long: writes of the events tables (and,
+# in SQLite, reads waiting for the latest events) arriving meanwhile wait for it. The size
+# adapts to what the last transaction took, from FIRST_BATCH events up to the batch size.
+TARGET_BATCH_S = 0.05
 FIRST_BATCH = 100
 JOB_ID = "retention-sweep"
 
@@ -111,7 +111,10 @@ def _delete_batch(
     "One delete transaction: how many it deleted, in how long."
     started = time.monotonic()
     deleted = storage.delete_expired(resource, cutoff, limit)
-    return deleted, time.monotonic() - started
+    seconds = time.monotonic() - started
+    name = resource.value
+    log.debug("deleted %d of %d %s events in %.1f ms", deleted, limit, name, seconds * 1e3)
+    return deleted, seconds
 
 
 def _next_limit(limit: int, seconds: float, most: int) -> int:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _IN_CHUNK = 500
 CHECKPOINT_INTERVAL_S = 0.2
+INTAKE_IDLE_S = 1.0  # the intake log drops applied groups itself after this long without appends
 WRITER_CACHE_KIB = 65536  # the one write connection: index pages of every recent insert
 READER_CACHE_KIB = 8192  # per reading thread (up to --workers of them); the OS caches the rest
 
@@ -79,7 +80,7 @@ class SQLiteStorage:
             self._ids.continue_after(newest)
         # Idempotency keys of the events staged but not yet applied (the applier drops them).
         self._staged_keys: dict[tuple[str, str], RecordOutcome] = {}
-        self._applier = Applier(self._writer, self._intake, self._seq, self._forget_keys)
+        self._applier = Applier(self._writer, self._seq, self._applied)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -111,7 +112,8 @@ class SQLiteStorage:
                     raise
                 applied = rows.last_seq
                 recovered += len(rows)
-            self._intake.forget(applied)
+            self._intake.mark_applied(applied)
+            self._intake.forget_applied()
         except sqlite3.Error as exc:
             raise StorageError(f"could not apply {self._intake.path}: {exc}") from exc
         if recovered:
@@ -119,7 +121,8 @@ class SQLiteStorage:
         return max(applied, self._intake.last_seq())
 
     def _checkpoint_loop(self) -> None:
-        "Every CHECKPOINT_INTERVAL_S, a PASSIVE checkpoint: it never blocks the writer."
+        """Every CHECKPOINT_INTERVAL_S, a PASSIVE checkpoint (it never blocks a writer), and the
+        intake log trimmed when appends have paused."""
         conn = connect(self.path, self._durability, READER_CACHE_KIB)
         try:
             while not self._closing.wait(CHECKPOINT_INTERVAL_S):
@@ -127,6 +130,10 @@ class SQLiteStorage:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error as exc:  # busy, or the disk: the next round retries
                     log.warning("WAL checkpoint failed (retried): %s", exc)
+                try:
+                    self._intake.forget_applied(idle_s=INTAKE_IDLE_S)
+                except sqlite3.Error as exc:
+                    log.warning("could not trim %s (retried): %s", self._intake.path, exc)
         finally:
             conn.close()
 
@@ -166,8 +173,10 @@ class SQLiteStorage:
         self._applier.stage(rows, size)
         return outcomes
 
-    def _forget_keys(self, rows: Rows) -> None:
-        "Called once ``rows`` are in the events tables: their keys are found there from now."
+    def _applied(self, rows: Rows) -> None:
+        """Called once ``rows`` are in the events tables: their keys are found there from now,
+        and the intake log may drop them."""
+        self._intake.mark_applied(rows.last_seq)
         keys = self._staged_keys
         for row in rows.events:
             if row[KEY_COLUMN] is not None:
@@ -267,9 +276,13 @@ class SQLiteStorage:
 
     def close(self) -> None:
         self._applier.close()  # applies everything staged
-        self._intake.close()
         self._closing.set()
         self._checkpointer.join()
+        try:
+            self._intake.forget_applied()
+        except sqlite3.Error as exc:  # they stay; the next start drops them
+            log.warning("could not trim %s: %s", self._intake.path, exc)
+        self._intake.close()
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()

@@ -19,7 +19,6 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from audit_service.storage.base import StorageError
-from audit_service.storage.sqlite_intake import IntakeLog
 from audit_service.storage.sqlite_rows import Rows
 
 log = logging.getLogger(__name__)
@@ -41,12 +40,10 @@ class Applier:
     def __init__(
         self,
         conn: sqlite3.Connection,
-        intake: IntakeLog,
         applied_seq: int,
         on_applied: Callable[[Rows], None],
     ) -> None:
         self._conn = conn
-        self._intake = intake
         self._on_applied = on_applied
         self._cond = threading.Condition()
         self._queued: list[tuple[Rows, int]] = []  # groups and the size of their JSON text
@@ -204,8 +201,4 @@ class Applier:
             self._backlog_events -= len(rows)
             self._backlog_bytes -= sum(size for _, size in groups)
             self._cond.notify_all()
-        try:
-            self._intake.forget(rows.last_seq)
-        except sqlite3.Error as exc:  # they stay in the log; the next apply forgets them
-            log.warning("could not trim the intake log: %s", exc)
         return True

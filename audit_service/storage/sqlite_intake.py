@@ -5,8 +5,9 @@ the context and snapshot rows and two text indexes, about 140 KB of WAL for a lo
 intake log is a small SQLite file beside the database (``<db>.intake``) with one table: each
 group's rows as one JSON text, so its commit is a page or two and one fsync. That commit is what
 a Record waits for. The applier (``sqlite_applier``) copies groups into the events tables behind
-it, many groups a transaction, and the log forgets a group once it is applied; after a crash,
-the groups not yet applied are applied when the database is opened again.
+it, many groups a transaction, and the log drops applied groups in the transaction of its next
+append (or after a second without one); after a crash, the groups not yet applied are applied
+when the database is opened again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,29 +68,53 @@ class IntakeLog:
             "CREATE TABLE IF NOT EXISTS staged (first_seq INTEGER PRIMARY KEY,"
             " last_seq INTEGER NOT NULL, rows TEXT NOT NULL)"
         )
-        # The writer thread appends while the applier thread forgets: one connection, in turn.
+        # The writer thread appends, the checkpoint thread forgets when idle: one connection.
         self._lock = threading.Lock()
+        self._applied = 0  # groups up to this seq are applied (``mark_applied``)
+        self._forgotten = 0  # and up to this one dropped from the log
+        self._last_append = 0.0
 
     def append(self, rows: Rows) -> int:
-        """Store ``rows`` durably (one statement, its own transaction); return the size of
-        their JSON text.
+        """Store ``rows`` durably; return the size of their JSON text. The same transaction
+        drops the groups applied since the last append (``mark_applied``): one sync for both.
 
         :raises sqlite3.Error: nothing was stored.
         """
         text = rows.to_json()
+        insert = [rows.events[0][0], rows.last_seq, text]
         with self._lock:
-            self._conn.execute(
-                "INSERT INTO staged VALUES (?, ?, ?)", [rows.events[0][0], rows.last_seq, text]
-            )
+            applied = self._applied
+            if applied <= self._forgotten:  # one statement, its own transaction
+                self._conn.execute("INSERT INTO staged VALUES (?, ?, ?)", insert)
+            else:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._conn.execute("DELETE FROM staged WHERE last_seq <= ?", [applied])
+                    self._conn.execute("INSERT INTO staged VALUES (?, ?, ?)", insert)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._forgotten = applied
+            self._last_append = time.monotonic()
         return len(text)
 
-    def forget(self, through_seq: int) -> None:
-        """Drop the groups whose events are all applied (seq <= ``through_seq``).
+    def mark_applied(self, seq: int) -> None:
+        "The groups up to ``seq`` are in the events tables: the log may drop them."
+        self._applied = seq
 
-        :raises sqlite3.Error: they stay; a later call drops them.
+    def forget_applied(self, idle_s: float = 0.0) -> None:
+        """Drop the applied groups now, unless an append came within ``idle_s`` seconds (the
+        next append drops them anyway, in its own transaction).
+
+        :raises sqlite3.Error: they stay; a later call or append drops them.
         """
         with self._lock:
-            self._conn.execute("DELETE FROM staged WHERE last_seq <= ?", [through_seq])
+            applied = self._applied
+            if applied <= self._forgotten or time.monotonic() - self._last_append < idle_s:
+                return
+            self._conn.execute("DELETE FROM staged WHERE last_seq <= ?", [applied])
+            self._forgotten = applied
 
     def unapplied(self, applied_seq: int) -> Iterator[Rows]:
         """The staged rows of events after ``applied_seq``, group by group in seq order (read
