@@ -19,6 +19,8 @@ all of them, and for every sort in both directions. What is asserted:
 - a page cursor seeks past its run of equal sort values (two branches, each a seek), a
   common rule on a column the tab's date index holds is checked in that index (no events
   rows read), and a rare source or error rule is looked up in an index that carries the date.
+- sorted by date, a context EQUALS or STARTS_WITH rule is a walk of ``event_context`` in date
+  order (one branch per value and tab), rare or common, unless another rule is looked up.
 
 NOT_EQUALS, and CONTAINS on the other text fields, no index can answer: those are checked
 while the query walks its sort order inside the tab (still a SEARCH on resource).
@@ -31,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from audit_service.models import NewEvent, Operation, Origin, ResourceType, Source, SourceKind
 from audit_service.query import (
@@ -45,7 +48,7 @@ from audit_service.query import (
     parse_condition,
     parse_sort,
 )
-from audit_service.storage import sqlite_query, sqlite_schema
+from audit_service.storage import sqlite_query, sqlite_rows, sqlite_schema
 from audit_service.storage.sqlite import SQLiteStorage
 
 NOW = 1_800_000_000_000_000_000
@@ -69,6 +72,8 @@ LOOKUP_INDEX = {
     "snapshot_text": ("json_each",),
 }
 INDEX_OPS = {Op.EQUALS, Op.STARTS_WITH, Op.GT, Op.GTE, Op.LT, Op.LTE}
+# A walk of one context value's events in one tab, in date order.
+WALK = "SEARCH ec USING PRIMARY KEY (key=? AND value=? AND resource=?"
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +89,7 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLiteStorage]
             )
         ]
     )  # fmt: skip
+    store.wait_applied()  # the context rows a STARTS_WITH rule's values are read from
     yield store
     store.close()
 
@@ -169,7 +175,9 @@ def test_every_filter_is_answered_without_reading_the_whole_table(
     if common:
         return
     if op in INDEX_OPS or (op is Op.CONTAINS and field in ("error", "snapshot_text")):
-        if field.startswith("context."):
+        if field.startswith("context.") and op in (Op.EQUALS, Op.STARTS_WITH):
+            assert WALK in details, f"{what}: {details}"
+        elif field.startswith("context."):
             assert "json_each" in details, what
         elif field == "resource" or field == "occurred_at":
             pass  # the tab itself, or the sort's own index
@@ -254,3 +262,159 @@ def test_a_rare_error_is_looked_up_among_failures_only(storage: SQLiteStorage) -
     )
     details = " | ".join(d for _, _, d in plan(storage, Query(conditions, parse_sort(""), 100)))
     assert "COVERING INDEX events_resource_failure (resource=? AND error>? AND error<?)" in details
+
+
+def _assert_walks_in_order(steps: list[tuple[int, int, str]], what: str) -> None:
+    "Every walk of event_context is read in its index order: no sorter beside it."
+    details = [d for _, _, d in steps]
+    assert any(d.startswith(WALK) for d in details), f"{what}: {details}"
+    levels: dict[int, list[str]] = {}
+    for _, parent, detail in steps:
+        levels.setdefault(parent, []).append(detail)
+    for siblings in levels.values():
+        if any(d.startswith(WALK) for d in siblings):
+            assert not any(d.startswith("USE TEMP B-TREE") for d in siblings), f"{what}: {details}"
+        assert not any(re.match(r"SCAN ec\b", d) for d in siblings), f"{what}: {details}"
+
+
+@pytest.mark.parametrize("op", ["EQUALS", "STARTS_WITH"])
+@pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
+@pytest.mark.parametrize("tab", [True, False], ids=["one tab", "all tabs"])
+@pytest.mark.parametrize("cursor", [False, True], ids=["first page", "next page"])
+@pytest.mark.parametrize("common", [False, True], ids=["rare value", "common value"])
+def test_a_context_rule_sorted_by_date_is_a_walk_of_event_context_in_date_order(
+    storage: SQLiteStorage,
+    op: str,
+    descending: bool,
+    tab: bool,
+    cursor: bool,
+    common: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if common:
+        monkeypatch.setattr(sqlite_query, "MANY_MATCHES", 0)
+    rule = parse_condition("context.cluster", op, ["value-1"], "f")
+    conditions = (parse_condition("resource", "EQUALS", ["entity"], "f"), rule) if tab else (rule,)
+    sort = parse_sort(f"occurred_at {'desc' if descending else 'asc'}")
+    after = Cursor(NOW, "0" * 36) if cursor else None
+    steps = plan(storage, Query(conditions, sort, 100, after=after))
+    what = f"{op} ({'one tab' if tab else 'all tabs'}, {sort}, cursor {after})"
+    assert_reads_no_whole_table(steps, what)
+    _assert_walks_in_order(steps, what)
+    details = [d for _, _, d in steps]
+    # The page's rows are the only events rows read.
+    assert all(not d.startswith(("SEARCH e ", "SCAN e ")) or "(rowid=?)" in d for d in details)
+    if cursor:
+        assert any("AND (occurred_at,seq)" in d for d in details), details
+
+
+@pytest.mark.parametrize(
+    ("other", "events_access"),
+    [
+        # a column the tab's date index holds: checked there
+        (("status", "EQUALS", "failure"), "COVERING INDEX events_resource_occurred_at"
+         " (resource=? AND occurred_at=? AND seq=?)"),
+        # another context rule: checked with one seek of event_context's primary key
+        (("context.namespace", "NOT_EQUALS", "value-2"),
+         "COVERING INDEX events_resource_occurred_at (resource=? AND occurred_at=? AND seq=?)"),
+        # any other column: on the events row
+        (("identifier", "CONTAINS", "value"), "INTEGER PRIMARY KEY (rowid=?)"),
+    ],
+)  # fmt: skip
+def test_a_walked_context_rule_checks_the_other_rules_on_each_entry(
+    storage: SQLiteStorage,
+    other: tuple[str, str, str],
+    events_access: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sqlite_query, "MANY_MATCHES", 0)  # every rule common: none looked up
+    conditions = (
+        parse_condition("resource", "EQUALS", ["entity"], "f"),
+        parse_condition("context.cluster", "EQUALS", ["value-1"], "f"),
+        parse_condition(other[0], other[1], [other[2]], "f"),
+    )
+    steps = plan(storage, Query(conditions, parse_sort(""), 100))
+    assert_reads_no_whole_table(steps, str(other))
+    _assert_walks_in_order(steps, str(other))
+    # Each walked entry's event: a seek (inside the branch, beside the walk).
+    walk_parent = next(parent for _, parent, d in steps if d.startswith(WALK))
+    beside = [d for _, parent, d in steps if parent == walk_parent]
+    assert f"SEARCH e USING {events_access}" in beside, beside
+
+
+def test_a_rare_rule_looked_up_leads_and_the_context_rule_is_checked(
+    storage: SQLiteStorage,
+) -> None:
+    conditions = (
+        parse_condition("resource", "EQUALS", ["entity"], "f"),
+        parse_condition("context.cluster", "EQUALS", ["value-1"], "f"),
+        parse_condition("identifier", "EQUALS", ["value-1"], "f"),
+    )
+    steps = plan(storage, Query(conditions, parse_sort(""), 100))
+    assert_reads_no_whole_table(steps, "identifier and context.cluster")
+    details = " | ".join(d for _, _, d in steps)
+    assert WALK not in details, details
+
+
+@pytest.mark.parametrize("sort", ["identifier asc", "recorded_at desc", "source desc"])
+def test_a_context_rule_under_another_sort_is_checked_by_a_seek(
+    storage: SQLiteStorage, sort: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    "Walking the sort's index, each event's context row is one seek (today's plan)."
+    monkeypatch.setattr(sqlite_query, "MANY_MATCHES", 0)
+    conditions = (
+        parse_condition("resource", "EQUALS", ["entity"], "f"),
+        parse_condition("context.cluster", "EQUALS", ["value-1"], "f"),
+    )
+    steps = plan(storage, Query(conditions, parse_sort(sort), 100))
+    assert_reads_no_whole_table(steps, sort)
+    details = " | ".join(d for _, _, d in steps)
+    assert WALK not in details, details
+    assert re.search(r"SEARCH c USING (COVERING INDEX event_context_seq|PRIMARY KEY) \(", details)
+
+
+def test_too_many_values_times_tabs_are_checked_instead_of_walked(
+    storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_query, "MANY_MATCHES", 0)
+    values = [f"value-{i}" for i in range(sqlite_query.MAX_CONTEXT_WALKS // 9 + 1)]
+    rule = parse_condition("context.cluster", "EQUALS", values, "f")
+    steps = plan(storage, Query((rule,), parse_sort(""), 100))
+    assert_reads_no_whole_table(steps, "all tabs")
+    details = " | ".join(d for _, _, d in steps)
+    assert WALK not in details, details
+    assert "events_occurred_at" in details, details
+    # In one tab, the same values are few enough.
+    tab = parse_condition("resource", "EQUALS", ["entity"], "f")
+    _assert_walks_in_order(plan(storage, Query((tab, rule), parse_sort(""), 100)), "one tab")
+
+
+def test_migration_5_gives_context_rows_their_events_tab_and_date(tmp_path: Path) -> None:
+    "A version 4 database's context rows, rewritten: what the walks read."
+    event_id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
+    path = tmp_path / "v4.db"
+    db = sqlite_utils.Database(path)
+    for number, migration in enumerate(sqlite_schema.MIGRATIONS[:4], start=1):
+        migration(db)
+        db.execute(f"PRAGMA user_version = {number}")
+    event = NewEvent(
+        resource=ResourceType.RUN, identifier="run-1", operation=Operation.UPDATE,
+        origin=Origin.API, occurred_at=NOW, recorded_by="dev",
+        context={"cluster": "prod", "repo": "acme/x"},
+    )  # fmt: skip
+    db.conn.execute(sqlite_rows.INSERT_EVENT, sqlite_rows.event_row(7, event_id, NOW, event))
+    db.conn.executemany(
+        "INSERT INTO event_context (key, value, seq) VALUES (?, ?, 7)", event.context.items()
+    )
+    db.conn.commit()
+    assert sqlite_schema.migrate(db) == 5
+    rows = db.conn.execute("SELECT key, value, resource, occurred_at, seq FROM event_context")
+    assert sorted(rows) == [("cluster", "prod", "RUN", NOW, 7), ("repo", "acme/x", "RUN", NOW, 7)]
+    db.close()
+    store = SQLiteStorage(path)
+    try:
+        rule = parse_condition("context.repo", "STARTS_WITH", ["acme/"], "f")
+        events, _ = store.list_events(Query((rule,), parse_sort(""), 10))
+        assert [e.identifier for e in events] == ["run-1"]
+    finally:
+        store.close()

@@ -10,6 +10,7 @@ from typing import Any
 
 from audit_service import models
 from audit_service.query import Condition, Cursor, Kind, Op, Query, Sort
+from audit_service.storage.sqlite_schema import WIDE_COLUMNS
 
 EVENT_COLUMNS = (
     "e.seq, e.id, e.occurred_at, e.recorded_at, e.resource, e.identifier, e.blueprint,"
@@ -37,6 +38,11 @@ def list_sql(conn: sqlite3.Connection, query: Query) -> tuple[str, list[Any]]:
 
     A page cursor is two branches too (see ``after_sql``), and so is a rare ``source`` rule
     (its id, its name), so that each branch seeks its index and reads it in order.
+
+    Sorted by occurred_at, a ``context.<key>`` EQUALS rule (or a STARTS_WITH one whose prefix
+    few values have) is read from ``event_context`` instead, whose key holds the tab and the
+    date after the value: one branch per value and tab, each a walk of its range in date
+    order (see ``_walked_context_rule``), unless another rule is looked up.
     """
     tabs, conditions = _split_tabs(query.conditions)
     column = _sort_column(query.sort)
@@ -47,23 +53,47 @@ def list_sql(conn: sqlite3.Connection, query: Query) -> tuple[str, list[Any]]:
     if query.include_snapshots:
         select += ", s.before, s.after"
         joins = " LEFT JOIN snapshots s ON s.seq = e.seq"
+    nothing = f"SELECT {select} FROM events e{joins} WHERE 0 LIMIT ?", [limit]
     if not tabs:
-        return f"SELECT {select} FROM events e WHERE 0 LIMIT ?", [limit]
+        return nothing
+    walked = _walked_context_rule(conn, conditions, tabs) if column == "occurred_at" else None
     where: list[str] = []
     params: list[Any] = []
     looked_up = False
     # Alternatives that overlap (a rare source rule: its id or its name), one branch each.
     either: list[tuple[str, list[Any]]] = []
-    for condition in conditions:
+
+    def add(condition: Condition) -> None:
+        nonlocal looked_up, either
         alternatives, sparse = _condition_sql(condition, conn, tabs, column)
         looked_up = looked_up or sparse
         if len(alternatives) > 1 and sparse and not either:
             either = alternatives
-            continue
+            return
         sql, args = _any_of(alternatives)
         where.append(sql)
         params.extend(args)
+
+    for condition in conditions:
+        if walked is None or condition is not walked[0]:
+            add(condition)
     order = f" ORDER BY e.{column} {direction}, e.seq {direction}"
+    if walked is not None and not looked_up:
+        rule, values = walked
+        if not values:
+            return nothing
+        # The other rules' columns in the tab's date index: checked there, not on the rows.
+        covered = all(
+            c.context_key is not None or c.field in WIDE_COLUMNS
+            for c in conditions
+            if c is not rule
+        )
+        page, page_params = _context_walk_sql(
+            conn, query, rule, values, tabs, (where, params, covered), limit
+        )
+        return f"SELECT {select} FROM events e{joins} WHERE e.seq IN ({page}){order}", page_params
+    if walked is not None:  # another rule is looked up: the context rule is checked
+        add(walked[0])
     # With a rule that matches few events, the page comes from its matches, sorted: the
     # "+" keeps the sort column's index (a walk) out of the plan.
     page_order = f" ORDER BY +e.{column} {direction}, e.seq {direction}" if looked_up else order
@@ -127,7 +157,13 @@ def _any_of(alternatives: list[tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
 
 
 def after_sql(
-    conn: sqlite3.Connection, column: str, sort: Sort, cursor: Cursor, *, split: bool = True
+    conn: sqlite3.Connection,
+    column: str,
+    sort: Sort,
+    cursor: Cursor,
+    *,
+    split: bool = True,
+    table: str = "e",
 ) -> list[tuple[str, list[Any]]]:
     """Rows after the cursor in (sort value, id) order.
 
@@ -154,12 +190,115 @@ def after_sql(
         ).fetchone()
         bound = 0 if row is None else row[0]
         op = ">"
+    t = table
     if not split:
-        return [(f"(e.{column}, e.seq) {op} (?, ?)", [cursor.value, bound])]
+        return [(f"({t}.{column}, {t}.seq) {op} (?, ?)", [cursor.value, bound])]
     return [
-        (f"e.{column} = ? AND e.seq {op} ?", [cursor.value, bound]),
-        (f"e.{column} {op} ?", [cursor.value]),
+        (f"{t}.{column} = ? AND {t}.seq {op} ?", [cursor.value, bound]),
+        (f"{t}.{column} {op} ?", [cursor.value]),
     ]
+
+
+# At most this many branches (a walked context rule's values times the tabs): each reads up
+# to a page of index entries.
+MAX_CONTEXT_WALKS = 64
+
+
+def _walked_context_rule(
+    conn: sqlite3.Connection, conditions: Sequence[Condition], tabs: Sequence[str]
+) -> tuple[Condition, list[str]] | None:
+    """The first ``context.<key>`` rule whose matches can be read from ``event_context`` in
+    date order, with the values it matches: an EQUALS (its values), or a STARTS_WITH (the
+    values stored under its prefixes, looked up one seek each), so long as the values times
+    the tabs are at most ``MAX_CONTEXT_WALKS``."""
+    room = MAX_CONTEXT_WALKS // len(tabs)
+    for c in conditions:
+        if c.context_key is None or c.op not in (Op.EQUALS, Op.STARTS_WITH):
+            continue
+        if c.op is Op.EQUALS:
+            values = sorted({str(v) for v in c.values})
+        else:
+            values = _values_starting_with(conn, c.context_key, c.values, room + 1)
+        if len(values) <= room:
+            return c, values
+    return None
+
+
+def _values_starting_with(
+    conn: sqlite3.Connection, key: str, prefixes: Sequence[str | int], limit: int
+) -> list[str]:
+    "The distinct values of ``key`` that start with one of ``prefixes``, up to ``limit``."
+    found: set[str] = set()
+    for prefix in prefixes:
+        upper = str(prefix).encode() + b"\xff"  # see _value_sql: STARTS_WITH as a range
+        # Each next value is one seek: the least value above the last one found.
+        rows = conn.execute(
+            "WITH RECURSIVE v(value) AS ("
+            "SELECT (SELECT min(value) FROM event_context"
+            " WHERE key = ? AND value >= ? AND value < CAST(? AS TEXT))"
+            " UNION ALL SELECT (SELECT min(value) FROM event_context"
+            " WHERE key = ? AND value > v.value AND value < CAST(? AS TEXT))"
+            " FROM v WHERE v.value IS NOT NULL LIMIT ?"
+            ") SELECT value FROM v WHERE value IS NOT NULL",
+            [key, prefix, upper, key, upper, limit + 1],
+        )
+        found.update(row[0] for row in rows)
+        if len(found) >= limit:
+            break
+    return sorted(found)[:limit]
+
+
+def _context_walk_sql(
+    conn: sqlite3.Connection,
+    query: Query,
+    rule: Condition,
+    values: Sequence[str],
+    tabs: Sequence[str],
+    others: tuple[Sequence[str], Sequence[Any], bool],
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """The page's seqs read from ``event_context`` (sorted by occurred_at): for each value
+    and tab, a walk of (key, value, resource) in (occurred_at, seq) order, merged. The other
+    rules (``others``: their SQL, its parameters, and whether the tab's date index holds every
+    column they check) are checked on each entry's event: in that index when it holds them,
+    else on the events row."""
+    where, params, covered = others
+    direction = "DESC" if query.sort.descending else "ASC"
+    cursor: tuple[str, list[Any]] | None = None
+    if query.after is not None:  # dates are nearly unique: one row value, not two seeks
+        cursor = after_sql(conn, "occurred_at", query.sort, query.after, split=False, table="ec")[0]
+    source = "event_context ec"
+    if where and covered:
+        source += (
+            " CROSS JOIN events e INDEXED BY events_resource_occurred_at"
+            " ON e.resource = ec.resource AND e.occurred_at = ec.occurred_at AND e.seq = ec.seq"
+        )
+    elif where:
+        source += " CROSS JOIN events e ON e.seq = ec.seq"
+    branches: list[tuple[str, list[Any]]] = []
+    for value in values:
+        for tab in tabs:
+            parts = ["ec.key = ?", "ec.value = ?", "ec.resource = ?"]
+            args: list[Any] = [rule.context_key, value, tab]
+            if cursor is not None:
+                parts.append(cursor[0])
+                args.extend(cursor[1])
+            parts.extend(where)
+            args.extend(params)
+            branch = (
+                f"SELECT ec.seq, ec.occurred_at FROM {source} WHERE {' AND '.join(parts)}"
+                f" ORDER BY ec.occurred_at {direction}, ec.seq {direction} LIMIT ?"
+            )
+            branches.append((branch, [*args, limit]))
+    if len(branches) == 1:
+        branch, branch_params = branches[0]
+        return f"SELECT seq FROM ({branch})", branch_params
+    page = (
+        "SELECT seq FROM ("
+        + " UNION ALL ".join(f"SELECT * FROM ({b})" for b, _ in branches)
+        + f" ORDER BY 2 {direction}, 1 {direction} LIMIT ?)"
+    )  # fmt: skip
+    return page, [value for _, args in branches for value in args] + [limit]
 
 
 def _sort_column(sort: Sort) -> str:
@@ -179,23 +318,27 @@ def _condition_sql(
     its index is kept out of the plan (``+column``). A rare ``source`` rule is two
     alternatives (its id, its name), each looked up by its own index."""
     if c.context_key is not None:
+        # event_context rows carry their event's resource: only the tabs asked for.
+        in_tabs = f"resource IN ({','.join('?' * len(tabs))})"
         if c.op is Op.NOT_EQUALS:
             inner, args = _value_sql("value", Op.EQUALS, c.values, Kind.TEXT)
             return [
                 (
-                    f"e.seq NOT IN (SELECT seq FROM event_context WHERE key = ? AND {inner})",
-                    [c.context_key, *args],
+                    "e.seq NOT IN (SELECT seq FROM event_context"
+                    f" WHERE key = ? AND {inner} AND {in_tabs})",
+                    [c.context_key, *args, *tabs],
                 )
             ], False
         inner, args = _value_sql("value", c.op, c.values, Kind.TEXT)
-        subquery = f"SELECT seq FROM event_context WHERE key = ? AND {inner}"
-        seqs = None if c.op is Op.CONTAINS else _few(conn, subquery, [c.context_key, *args])
+        subquery = f"SELECT seq FROM event_context WHERE key = ? AND {inner} AND {in_tabs}"
+        seqs = None if c.op is Op.CONTAINS else _few(conn, subquery, [c.context_key, *args, *tabs])
         if seqs is None:
+            # The event's row of the key: for EQUALS, one seek of the primary key.
             inner, args = _value_sql("c.value", c.op, c.values, Kind.TEXT)
             return [
                 (
                     "EXISTS (SELECT 1 FROM event_context c WHERE c.key = ? AND c.seq = e.seq"
-                    f" AND {inner})",
+                    f" AND c.resource = e.resource AND c.occurred_at = e.occurred_at AND {inner})",
                     [c.context_key, *args],
                 )
             ], False

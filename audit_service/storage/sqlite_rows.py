@@ -18,7 +18,13 @@ INSERT_EVENT = (
     " status, error, recorded_by, idempotency_key, context, diff_available)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-INSERT_CONTEXT = "INSERT INTO event_context (key, value, seq) VALUES (?, ?, ?)"
+# The context rows of the events with seq in [first, last], built from their ``context``
+# column (a JSON object): each entry with its event's resource, date and seq.
+INSERT_CONTEXT = (
+    "INSERT INTO event_context (key, value, resource, occurred_at, seq)"
+    " SELECT j.key, j.value, e.resource, e.occurred_at, e.seq"
+    " FROM events e, json_each(e.context) j WHERE e.seq BETWEEN ? AND ?"
+)
 INSERT_SNAPSHOT = "INSERT INTO snapshots (seq, before, after) VALUES (?, ?, ?)"
 INSERT_ERROR_FTS = "INSERT INTO error_fts (rowid, error) VALUES (?, ?)"
 INDEX_SNAPSHOTS = (
@@ -37,18 +43,17 @@ _MAX_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 
 class Rows:
     """The rows a group of events is stored as, gathered before they are written: the
-    ``events`` row, ``event_context`` rows, the ``snapshots`` row and the text indexes."""
+    ``events`` row, the ``snapshots`` row and the text indexes. (The ``event_context`` rows
+    are built from the ``events`` rows when written: ``INSERT_CONTEXT``.)"""
 
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
-        self.context: list[tuple[str, str, int]] = []
         self.snapshots: list[tuple[int, str | None, str | None]] = []
         self.errors: list[tuple[int, str]] = []
 
     def add(self, seq: int, event_id: str, recorded_at: int, event: NewEvent) -> None:
         encoded = event.json_text or encode_json(event)  # (conversion encodes it as a rule)
         self.events.append(event_row(seq, event_id, recorded_at, event, encoded[2]))
-        self.context.extend((k, v, seq) for k, v in event.context.items())
         if event.before is not None or event.after is not None:
             self.snapshots.append((seq, encoded[0], encoded[1]))
         if event.error:
@@ -67,7 +72,6 @@ class Rows:
     def extend(self, other: Rows) -> None:
         "Add ``other``'s rows after these (its seqs follow these)."
         self.events.extend(other.events)
-        self.context.extend(other.context)
         self.snapshots.extend(other.snapshots)
         self.errors.extend(other.errors)
 
@@ -83,27 +87,29 @@ class Rows:
         "The rows of the events whose seq is greater than ``seq``."
         rows = Rows()
         rows.events = [r for r in self.events if r[0] > seq]
-        rows.context = [r for r in self.context if r[2] > seq]
         rows.snapshots = [r for r in self.snapshots if r[0] > seq]
         rows.errors = [r for r in self.errors if r[0] > seq]
         return rows
 
     def to_json(self) -> str:
         "All the rows as one JSON text (``from_json`` reads it back)."
-        return to_json([self.events, self.context, self.snapshots, self.errors])
+        # The second list held context rows before schema version 5; it stays, empty, so that
+        # either version reads the other's intake log.
+        return to_json([self.events, [], self.snapshots, self.errors])
 
     @classmethod
     def from_json(cls, text: str) -> Rows:
         rows = cls()
         # JSON arrays come back as lists; INSERT binds them the same as tuples.
-        rows.events, rows.context, rows.snapshots, rows.errors = json.loads(text)
+        rows.events, _, rows.snapshots, rows.errors = json.loads(text)
         return rows
 
     def write(self, conn: sqlite3.Connection, *, index_snapshots: bool = True) -> None:
         """Insert every row (inside the caller's transaction). ``index_snapshots=False``
         leaves the snapshot text index to the caller (``index_snapshots_of``; bulk loads)."""
         insert_rows(conn, INSERT_EVENT, self.events)
-        insert_rows(conn, INSERT_CONTEXT, self.context)
+        if self.events:
+            conn.execute(INSERT_CONTEXT, [self.events[0][0], self.events[-1][0]])
         insert_rows(conn, INSERT_SNAPSHOT, self.snapshots)
         insert_rows(conn, INSERT_ERROR_FTS, self.errors)
         if self.snapshots and index_snapshots:

@@ -191,6 +191,10 @@ def _queries(v: dict[str, str], page_size: int) -> dict[str, pb.ListRequest]:
             _rule("context.cluster", "EQUALS", v["cluster"]),
         ],
         "context.repo EQUALS one of 400": [entity, _rule("context.repo", "EQUALS", v["repo"])],
+        "context.cluster STARTS_WITH one region (4 clusters)": [
+            entity,
+            _rule("context.cluster", "STARTS_WITH", v["cluster"].rsplit("-", 1)[0] + "-"),
+        ],
         "all tabs: no filter": [],
         "all tabs: identifier EQUALS one": [_rule("identifier", "EQUALS", v["identifier"])],
         "all tabs: status EQUALS failure": [_rule("status", "EQUALS", "failure")],
