@@ -12,6 +12,8 @@ from audit_service import models
 from audit_service.models import NewEvent, StoredEvent, encode_json, to_json
 from audit_service.storage.sqlite_schema import SNAPSHOT_TEXT_SQL
 
+# The intake log keeps ``event_row`` tuples across restarts (``sqlite_intake``): a migration that
+# changes this column list must also read the groups an older version staged.
 INSERT_EVENT = (
     "INSERT INTO events (seq, id, occurred_at, recorded_at, resource, identifier, blueprint,"
     " integration, run_id, operation, source_kind, source_id, source_name, source, origin,"
