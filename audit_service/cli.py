@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -16,6 +17,7 @@ from audit_service.storage import describe, is_postgres_url
 
 log = logging.getLogger("audit_service")
 SWITCH_INTERVAL_S = 0.0005
+GC_THRESHOLDS = (10_000, 20, 20)  # Python's defaults: (700, 10, 10)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,6 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StartupError, OSError) as exc:
         print(f"audit-service: {exc}", file=sys.stderr)
         return 2
+    # What start-up made (modules, gRPC, the schema) lives as long as the process: keep it out
+    # of every later collection, and collect the young generation less often. Full collections
+    # of the default thresholds took 18-27 ms every ~30 GetDiff calls of 100 KB snapshots.
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     # Set by the signal handler, which takes no lock: Event.set there can deadlock against the
     # main thread's own Event.wait (the handler runs on the main thread).
     stop_requested: list[int] = []
