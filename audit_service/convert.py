@@ -10,10 +10,10 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from audit_service import models
 from audit_service.errors import InvalidArgument
-from audit_service.models import Diff, JSONObject, NewEvent, StoredEvent
+from audit_service.models import JSONObject, NewEvent, StoredEvent
 from audit_service.query import MAX_TIME_NS, MIN_TIME_NS, TIME_RANGE
 from audit_service.validation import MAX_SNAPSHOT_DEPTH
-from audit_service.wire import struct_bytes, value_bytes
+from audit_service.wire import struct_bytes
 from clients import pb
 
 _MAX_SAFE_INT = 2**53
@@ -160,12 +160,6 @@ def dict_to_struct(data: JSONObject, out: struct_pb2.Struct) -> None:
     out.MergeFromString(struct_bytes(data))
 
 
-def python_to_value(data: Any) -> struct_pb2.Value:
-    value = struct_pb2.Value()
-    value.MergeFromString(value_bytes(data))
-    return value
-
-
 def _members(model: Any, wire: Any, prefix: str) -> dict[int, Any]:
     "Wire enum number -> model enum member (``RESOURCE_TYPE_ENTITY``'s -> ``ENTITY``)."
     return {wire.Value(prefix + member.value): member for member in model}
@@ -261,14 +255,3 @@ def event_to_pb(event: StoredEvent, out: pb.AuditEvent) -> None:
     out.context.update(event.context)
     out.recorded_by = event.recorded_by
     out.diff_available = event.diff_available
-
-
-def diff_to_pb(diff: Diff) -> pb.GetDiffResponse:
-    response = pb.GetDiffResponse(id=diff.id, available=diff.available, reason=diff.reason)
-    dict_to_struct(diff.before, response.before)
-    dict_to_struct(diff.after, response.after)
-    for op in diff.patch:
-        item = response.patch.add(op=op["op"], path=op["path"], **{"from": op.get("from", "")})
-        if "value" in op:
-            item.value.CopyFrom(python_to_value(op["value"]))
-    return response
