@@ -3,6 +3,8 @@ events, timing and the report's number format."""
 
 from __future__ import annotations
 
+import argparse
+import ipaddress
 import os
 import platform
 import queue
@@ -258,3 +260,15 @@ def percentile(samples: Sequence[float], fraction: float) -> float:
     "The ``fraction`` quantile of ``samples`` (nearest rank)."
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))]
+
+
+def loopback_endpoint(text: str) -> str:
+    "HOST:PORT with a loopback HOST: the benchmark talks to nothing else."
+    host, sep, port = text.rpartition(":")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    if not sep or not port.isdigit() or not loopback:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a loopback HOST:PORT")
+    return text

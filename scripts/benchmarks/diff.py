@@ -25,12 +25,12 @@ from scripts.benchmarks.common import (
     ChildServer,
     audit_service_argv,
     load_average,
+    loopback_endpoint,
     machine_lines,
     percentile,
     rss_line,
     sample_event,
 )
-from scripts.benchmarks.ingest import _loopback_endpoint as loopback_endpoint
 
 DESCRIPTION = "GetDiff p50/p99 with 100 KB before/after snapshots"
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 import os
 import secrets
 import sys
@@ -44,6 +43,7 @@ from scripts.benchmarks.common import (
     ChildServer,
     Measurement,
     audit_service_argv,
+    loopback_endpoint,
     machine_lines,
     process_cpu_seconds,
     rate,
@@ -88,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--endpoint",
-        type=_loopback_endpoint,
+        type=loopback_endpoint,
         default=None,
         help="measure an audit-service already listening on this loopback HOST:PORT instead"
         " of starting one (e.g. one running under a profiler)",
@@ -110,18 +110,6 @@ def _count(most: int) -> Callable[[str], int]:
         return value
 
     return parse
-
-
-def _loopback_endpoint(text: str) -> str:
-    "HOST:PORT with a loopback HOST: the benchmark talks to nothing else."
-    host, sep, port = text.rpartition(":")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        loopback = False
-    if not sep or not port.isdigit() or not loopback:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a loopback HOST:PORT")
-    return text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -352,7 +340,7 @@ class Transaction:
     "The rows the service writes for one group of events."
 
     events: list[tuple[Any, ...]]
-    context: list[tuple[str, str, int]]
+    context: list[tuple[str, str, str, int, int]]  # key, value, resource, occurred_at, seq
     snapshots: list[tuple[int, str | None, str | None]]
     errors: list[tuple[int, str]] = dataclasses.field(default_factory=list)
 
@@ -399,7 +387,10 @@ def raw_rows(events: Sequence[pb.AuditEvent]) -> list[Transaction]:
             seq += 1
             event = converted[i]
             txn.events.append(sqlite_rows.event_row(seq, ids.new(), now, event))
-            txn.context.extend((k, v, seq) for k, v in event.context.items())
+            txn.context.extend(
+                (k, v, event.resource.value, event.occurred_at, seq)
+                for k, v in event.context.items()
+            )
             if event.before is not None or event.after is not None:
                 txn.snapshots.append(
                     (seq, sqlite_rows.dumps(event.before), sqlite_rows.dumps(event.after))
@@ -425,7 +416,9 @@ def raw_insert(path: Path, transactions: Sequence[Transaction], max_seconds: flo
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(sqlite_rows.INSERT_EVENT, txn.events)
             conn.executemany(
-                "INSERT INTO event_context (key, value, seq) VALUES (?, ?, ?)", txn.context
+                "INSERT INTO event_context (key, value, resource, occurred_at, seq)"
+                " VALUES (?, ?, ?, ?, ?)",
+                txn.context,
             )
             conn.executemany(
                 "INSERT INTO snapshots (seq, before, after) VALUES (?, ?, ?)", txn.snapshots
