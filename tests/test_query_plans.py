@@ -28,7 +28,9 @@ while the query walks its sort order inside the tab (still a SEARCH on resource)
 
 from __future__ import annotations
 
+import json
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -418,3 +420,28 @@ def test_migration_5_gives_context_rows_their_events_tab_and_date(tmp_path: Path
         assert [e.identifier for e in events] == ["run-1"]
     finally:
         store.close()
+
+
+def test_context_rows_are_built_from_the_events_rows_also_for_an_older_intake_log(
+    tmp_path: Path,
+) -> None:
+    "What the walks read is written with every event, whatever the intake log's group holds."
+    store = SQLiteStorage(tmp_path / "rows.db")
+    store.close()
+    conn = sqlite3.connect(tmp_path / "rows.db")
+    event = NewEvent(
+        resource=ResourceType.SECRET, identifier="k", operation=Operation.UPDATE,
+        origin=Origin.API, occurred_at=NOW, recorded_by="dev", context={"cluster": "c1"},
+    )  # fmt: skip
+    rows = sqlite_rows.Rows()
+    rows.add(1, "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", NOW, event)
+    rows.add(2, "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c", NOW + 1, event)
+    # A group staged before schema version 5 listed its context rows (key, value, seq).
+    old = json.loads(rows.to_json())
+    old[1] = [["cluster", "c1", 2]]
+    with conn:
+        sqlite_rows.Rows.from_json(json.dumps(old)).after(1).write(conn)
+    assert conn.execute("SELECT * FROM event_context").fetchall() == [
+        ("cluster", "c1", "SECRET", NOW, 2)
+    ]
+    conn.close()

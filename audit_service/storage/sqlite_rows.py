@@ -95,8 +95,9 @@ class Rows:
 
     def to_json(self) -> str:
         "All the rows as one JSON text (``from_json`` reads it back)."
-        # The second list held context rows before schema version 5; it stays, empty, so that
-        # either version reads the other's intake log.
+        # The second list held context rows before schema version 5. It stays, empty, so the
+        # format is unchanged: in a log written before, it is ignored (the insert builds the
+        # context rows from the events rows).
         return to_json([self.events, [], self.snapshots, self.errors])
 
     @classmethod
