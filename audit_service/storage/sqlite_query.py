@@ -333,12 +333,13 @@ def _condition_sql(
         subquery = f"SELECT seq FROM event_context WHERE key = ? AND {inner} AND {in_tabs}"
         seqs = None if c.op is Op.CONTAINS else _few(conn, subquery, [c.context_key, *args, *tabs])
         if seqs is None:
-            # The event's row of the key: for EQUALS, one seek of the primary key.
+            # The event's entry of the key: a seek of event_context_seq, which needs only the
+            # seq (so a walk of a sort column's index need not read the events rows).
             inner, args = _value_sql("c.value", c.op, c.values, Kind.TEXT)
             return [
                 (
                     "EXISTS (SELECT 1 FROM event_context c WHERE c.key = ? AND c.seq = e.seq"
-                    f" AND c.resource = e.resource AND c.occurred_at = e.occurred_at AND {inner})",
+                    f" AND {inner})",
                     [c.context_key, *args],
                 )
             ], False
