@@ -348,8 +348,7 @@ def _condition_sql(
         texts = [str(v) for v in c.values]
         table = "error_fts" if c.field == "error" else "snapshot_fts"
         if all(len(t) >= _FTS_MIN_CHARS for t in texts):
-            match = " OR ".join('"' + t.replace('"', '""') + '"' for t in texts)
-            seqs = _few(conn, f"SELECT rowid FROM {table} WHERE {table} MATCH ?", [match])
+            seqs = _text_matches(conn, table, texts)
             if seqs is not None:
                 return [(_SEQS_SQL, [seqs])], True
         if c.field == "snapshot_text":
@@ -358,7 +357,10 @@ def _condition_sql(
                 " AND snapshot_contains(s.before, s.after, ?))"
             ] * len(texts)
             return [("(" + " OR ".join(parts) + ")", list(texts))], False
-        return [_value_sql("e.error", c.op, c.values, c.kind)], False
+        # Only a failure's error can contain a (non-empty) value: successes are skipped
+        # before the Python check ("+": not a reason to read all failures and sort them).
+        sql, args = _value_sql("e.error", c.op, c.values, c.kind)
+        return [(f"(+e.error != '' AND {sql})", args)], False
     columns = ["source_id", "source_name"] if c.field == "source" else [c.field]
     indexable = c.op not in (Op.NOT_EQUALS, Op.CONTAINS) and c.field != sort_column
     if indexable:
@@ -415,6 +417,88 @@ def _few(conn: sqlite3.Connection, subquery: str, params: list[Any]) -> str | No
     "The seqs ``subquery`` finds, as a JSON array, when fewer than ``MANY_MATCHES``; else None."
     seqs = [row[0] for row in conn.execute(f"{subquery} LIMIT {MANY_MATCHES}", params)]
     return None if len(seqs) >= MANY_MATCHES else json.dumps(seqs)
+
+
+# A needle of more distinct trigrams than this is looked up by its rarest ones.
+_RAREST_TRIGRAMS = 3
+# At most this many candidates (events holding the rarest trigrams) are checked in Python.
+MAX_CANDIDATES = 500
+
+
+def _text_matches(conn: sqlite3.Connection, table: str, texts: Sequence[str]) -> str | None:
+    """The seqs whose text in ``table`` (``error_fts`` or ``snapshot_fts``) contains one of
+    ``texts`` (each at least 3 characters), as a JSON array, when fewer than
+    ``MANY_MATCHES``; else None.
+
+    A phrase query loads and merges the position lists of all the needle's trigrams, most of
+    them in most events for a long needle of common words, even when few events match. So a
+    needle of more than ``_RAREST_TRIGRAMS`` distinct trigrams is looked up by its rarest
+    ones (their counts probed first, up to ``MANY_MATCHES``), ANDed without positions, and
+    each candidate checked on its stored text as a row-by-row check does (``casefold_contains``,
+    ``snapshot_contains``). Should the rarest ones still find more than ``MAX_CANDIDATES``,
+    the phrase query answers instead.
+    """
+    found: set[int] = set()
+    for text in texts:
+        seqs = _rare_trigram_matches(conn, table, text)
+        if seqs is None:
+            rows = conn.execute(
+                f"SELECT rowid FROM {table} WHERE {table} MATCH ? LIMIT {MANY_MATCHES}",
+                [_phrase(text)],
+            )
+            seqs = [row[0] for row in rows]
+        found.update(seqs)
+        if len(found) >= MANY_MATCHES:
+            return None
+    return json.dumps(sorted(found))
+
+
+def _phrase(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _rare_trigram_matches(conn: sqlite3.Connection, table: str, text: str) -> list[int] | None:
+    "The events containing ``text``, found by its rarest trigrams; None when that saves nothing."
+    trigrams = list(dict.fromkeys(text[i : i + 3] for i in range(len(text) - 2)))
+    if len(trigrams) <= _RAREST_TRIGRAMS:
+        return None
+    counts: list[tuple[int, str]] = []
+    cap = MANY_MATCHES
+    for trigram in trigrams:
+        # Folded by the tokenizer like the text (one trigram may fold to another's: counted
+        # twice, which only makes a choice poorer).
+        (count,) = conn.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {table} MATCH ? LIMIT {cap})",
+            [_phrase(trigram)],
+        ).fetchone()
+        if count == 0:
+            return []
+        counts.append((count, trigram))
+        counts.sort()
+        if len(counts) >= _RAREST_TRIGRAMS:  # a count this high cannot be among the rarest
+            cap = min(cap, counts[_RAREST_TRIGRAMS - 1][0])
+    if counts[0][0] >= MANY_MATCHES:
+        return None
+    match = " AND ".join(_phrase(t) for _, t in counts[:_RAREST_TRIGRAMS])
+    candidates = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT rowid FROM {table} WHERE {table} MATCH ? LIMIT {MAX_CANDIDATES + 1}", [match]
+        )
+    ]
+    if len(candidates) > MAX_CANDIDATES:
+        return None
+    ids = json.dumps(candidates)
+    if table == "error_fts":
+        rows = conn.execute(
+            "SELECT seq, error FROM events WHERE seq IN (SELECT value FROM json_each(?))", [ids]
+        )
+        return [seq for seq, error in rows if casefold_contains(error, text)]
+    rows = conn.execute(
+        "SELECT seq, before, after FROM snapshots WHERE seq IN (SELECT value FROM json_each(?))",
+        [ids],
+    )
+    return [seq for seq, before, after in rows if snapshot_contains(before, after, text)]
 
 
 def _matches_many(conn: sqlite3.Connection, subquery: str, params: list[Any]) -> bool:
