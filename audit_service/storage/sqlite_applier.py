@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 # Apply once this many events have queued, or once the oldest queued group is this old. Larger
 # transactions write each index page once for many events (a lone event costs ~140 KB of WAL,
-# 500 together ~1.5 KB each); readers never wait for the delay (they ask for an apply now).
+# 50 together ~9 KB each); readers never wait for the delay (they ask for an apply now).
 APPLY_EVENTS = 500
 APPLY_DELAY_S = 0.05
 # Staging waits while this much is queued and not yet applied: bounds memory if applies fail.
