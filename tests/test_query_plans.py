@@ -165,6 +165,7 @@ def test_every_filter_is_answered_without_reading_the_whole_table(
 ) -> None:
     if common:  # as if every rule matched more than MANY_MATCHES events: walked, not looked up
         monkeypatch.setattr(sqlite_query, "MANY_MATCHES", 0)
+        monkeypatch.setattr(sqlite_query, "MANY_FOR_DATE_WALK", 0)
     kind = FIELDS[field].kind if field in FIELDS else Kind.TEXT
     rule = parse_condition(field, op.value, [_value(field, kind)], "f")
     conditions: tuple[Condition, ...] = (rule,)
@@ -235,8 +236,9 @@ def test_a_page_cursor_seeks_past_its_run_of_equal_values(
 def test_a_common_rule_on_a_tab_column_is_checked_in_the_date_index(
     storage: SQLiteStorage, field: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    "Newest first in a tab, a rule on a column the date index holds reads no events rows."
-    monkeypatch.setattr(sqlite_query, "MANY_MATCHES", 0)
+    """Newest first in a tab, a rule on a column the date index holds reads no events rows
+    once it matches MANY_FOR_DATE_WALK events (far fewer than MANY_MATCHES)."""
+    monkeypatch.setattr(sqlite_query, "MANY_FOR_DATE_WALK", 0)
     kind = FIELDS[field].kind
     conditions = (
         parse_condition("resource", "EQUALS", ["entity"], "f"),
@@ -295,6 +297,7 @@ def test_a_context_rule_sorted_by_date_is_a_walk_of_event_context_in_date_order(
 ) -> None:
     if common:
         monkeypatch.setattr(sqlite_query, "MANY_MATCHES", 0)
+        monkeypatch.setattr(sqlite_query, "MANY_FOR_DATE_WALK", 0)
     rule = parse_condition("context.cluster", op, ["value-1"], "f")
     conditions = (parse_condition("resource", "EQUALS", ["entity"], "f"), rule) if tab else (rule,)
     sort = parse_sort(f"occurred_at {'desc' if descending else 'asc'}")
@@ -330,6 +333,7 @@ def test_a_walked_context_rule_checks_the_other_rules_on_each_entry(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sqlite_query, "MANY_MATCHES", 0)  # every rule common: none looked up
+    monkeypatch.setattr(sqlite_query, "MANY_FOR_DATE_WALK", 0)
     conditions = (
         parse_condition("resource", "EQUALS", ["entity"], "f"),
         parse_condition("context.cluster", "EQUALS", ["value-1"], "f"),
@@ -365,6 +369,7 @@ def test_a_context_rule_under_another_sort_is_checked_by_a_seek(
     """Walking the sort's index, each event's context entry is one seek by seq, which the
     index holds: no events rows are read for the check."""
     monkeypatch.setattr(sqlite_query, "MANY_MATCHES", 0)
+    monkeypatch.setattr(sqlite_query, "MANY_FOR_DATE_WALK", 0)
     conditions = (
         parse_condition("resource", "EQUALS", ["entity"], "f"),
         parse_condition("context.cluster", "EQUALS", ["value-1"], "f"),
@@ -383,6 +388,7 @@ def test_too_many_values_times_tabs_are_checked_instead_of_walked(
     storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_query, "MANY_MATCHES", 0)
+    monkeypatch.setattr(sqlite_query, "MANY_FOR_DATE_WALK", 0)
     values = [f"value-{i}" for i in range(sqlite_query.MAX_CONTEXT_WALKS // 9 + 1)]
     rule = parse_condition("context.cluster", "EQUALS", values, "f")
     steps = plan(storage, Query((rule,), parse_sort(""), 100))

@@ -368,7 +368,10 @@ def _condition_sql(
         marks = ",".join("?" * len(tabs))
         sql, args = _any_of(alternatives)
         probe = f"SELECT 1 FROM events e WHERE e.resource IN ({marks}) AND {sql}"
-        if not _matches_many(conn, probe, [*tabs, *args]):
+        many = MANY_MATCHES
+        if sort_column == "occurred_at" and c.field in WIDE_COLUMNS:
+            many = MANY_FOR_DATE_WALK  # checked in the date index, no row read per entry
+        if not _matches_many(conn, probe, [*tabs, *args], many):
             if c.field == "error" and not _may_match_empty(c):
                 # Failures only: their own index holds the error and the date.
                 sql, args = alternatives[0]
@@ -404,6 +407,11 @@ def _column_sql(c: Condition, columns: list[str], prefix: str) -> tuple[str, lis
 # A rule matching at least this many events (in the tabs asked for) is checked row by row in
 # sort order; one matching fewer is looked up and its matches sorted (at most this many).
 MANY_MATCHES = 4000
+# Sorted by date, a rule on a column the tab's date index holds is checked in that index while
+# it is walked (no row read per entry) from this many matches: looking up N matches reads N
+# rows (about 4 µs each) to sort them, where the walk reads about 100 x tab / N index entries
+# (about 0.2 µs each); they cost the same near 700 matches in a tab of 111,000 events.
+MANY_FOR_DATE_WALK = 700
 
 
 # The seqs a lookup found (a JSON array), so a text index is searched once per List call.
@@ -501,10 +509,12 @@ def _rare_trigram_matches(conn: sqlite3.Connection, table: str, text: str) -> li
     return [seq for seq, before, after in rows if snapshot_contains(before, after, text)]
 
 
-def _matches_many(conn: sqlite3.Connection, subquery: str, params: list[Any]) -> bool:
-    sql = f"SELECT count(*) FROM ({subquery} LIMIT {MANY_MATCHES})"
+def _matches_many(
+    conn: sqlite3.Connection, subquery: str, params: list[Any], many: int = MANY_MATCHES
+) -> bool:
+    sql = f"SELECT count(*) FROM ({subquery} LIMIT {many})"
     count: int = conn.execute(sql, params).fetchone()[0]
-    return count >= MANY_MATCHES
+    return count >= many
 
 
 def snapshot_text(before: str | None, after: str | None) -> str:
