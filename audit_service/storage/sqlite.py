@@ -103,13 +103,7 @@ class SQLiteStorage:
             for rows in self._intake.unapplied(applied):
                 if not rows:
                     continue
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    rows.write(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+                rows.commit(conn)
                 applied = rows.last_seq
                 recovered += len(rows)
             self._intake.mark_applied(applied)

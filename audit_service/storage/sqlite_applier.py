@@ -174,15 +174,8 @@ class Applier:
     def _apply(self, groups: list[tuple[Rows, int]]) -> bool:
         "Write ``groups`` in one transaction; on failure, queue them again in front."
         rows = groups[0][0] if len(groups) == 1 else Rows.merged(g for g, _ in groups)
-        conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                rows.write(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            rows.commit(self._conn)
         except Exception as exc:  # the database (or a bug): the groups stay queued
             if isinstance(exc, sqlite3.Error):
                 log.error("could not apply %d staged events (retrying): %s", len(rows), exc)

@@ -107,6 +107,16 @@ class Rows:
         rows.events, _, rows.snapshots, rows.errors = json.loads(text)
         return rows
 
+    def commit(self, conn: sqlite3.Connection) -> None:
+        "Write every row in a transaction of its own. :raises sqlite3.Error: none written."
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.write(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     def write(self, conn: sqlite3.Connection, *, index_snapshots: bool = True) -> None:
         """Insert every row (inside the caller's transaction). ``index_snapshots=False``
         leaves the snapshot text index to the caller (``index_snapshots_of``; bulk loads)."""
