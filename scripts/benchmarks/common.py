@@ -272,3 +272,14 @@ def loopback_endpoint(text: str) -> str:
     if not sep or not port.isdigit() or not loopback:
         raise argparse.ArgumentTypeError(f"{text!r} is not a loopback HOST:PORT")
     return text
+
+
+def add_endpoint_argument(parser: argparse.ArgumentParser) -> None:
+    "``--endpoint``: a running service to measure instead of one the benchmark starts."
+    parser.add_argument(
+        "--endpoint",
+        type=loopback_endpoint,
+        default=None,
+        help="measure an audit-service already listening on this loopback HOST:PORT instead"
+        " of starting one (e.g. one running under a profiler)",
+    )

@@ -23,9 +23,9 @@ import grpc
 from clients import pb, pb_grpc
 from scripts.benchmarks.common import (
     ChildServer,
+    add_endpoint_argument,
     audit_service_argv,
     load_average,
-    loopback_endpoint,
     machine_lines,
     percentile,
     rss_line,
@@ -42,13 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=None, help="events with big snapshots")
     parser.add_argument("--calls", type=int, default=None, help="timed GetDiff calls")
     parser.add_argument("--dir", type=Path, default=None, help="where the database goes")
-    parser.add_argument(
-        "--endpoint",
-        type=loopback_endpoint,
-        default=None,
-        help="measure an audit-service already listening on this loopback HOST:PORT instead"
-        " of starting one (e.g. one running under a profiler)",
-    )
+    add_endpoint_argument(parser)
 
 
 def big_snapshot(seed: int, size: int = SNAPSHOT_BYTES) -> dict[str, Any]:

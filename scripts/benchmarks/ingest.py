@@ -42,8 +42,8 @@ from clients import pb, pb_grpc
 from scripts.benchmarks.common import (
     ChildServer,
     Measurement,
+    add_endpoint_argument,
     audit_service_argv,
-    loopback_endpoint,
     machine_lines,
     process_cpu_seconds,
     rate,
@@ -86,13 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         help="run only these measurements (repeatable); ratios need their baseline",
     )
-    parser.add_argument(
-        "--endpoint",
-        type=loopback_endpoint,
-        default=None,
-        help="measure an audit-service already listening on this loopback HOST:PORT instead"
-        " of starting one (e.g. one running under a profiler)",
-    )
+    add_endpoint_argument(parser)
     parser.add_argument(
         "--streams", type=_count(64), nargs="+", default=[1, 2], help="stream counts to try"
     )
