@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from audit_service.errors import Unavailable
 from audit_service.models import ResourceType
 from audit_service.storage.base import Storage, StorageError
 
@@ -156,9 +155,6 @@ class RetentionScheduler:
         started = time.monotonic()
         try:
             removed = sweep(self._storage, self.policy, self._clock())
-        except Unavailable:
-            log.info("retention sweep stopped: shutting down")
-            return {}
         except StorageError as exc:
             log.warning("retention sweep failed (the next one retries): %s", exc)
             return {}

@@ -2,8 +2,8 @@
 
 Callers (Record calls, RecordStream batches) enqueue their events and wait. The writer thread
 takes everything queued, stores it in one transaction, commits durably, then completes every
-waiter's future: many small writes share one fsync. Other writes (retention deletes) are jobs
-run on the same thread between groups, so they never contend for the write lock.
+waiter's future: many small writes share one fsync. (Retention deletes go to storage directly:
+each backend orders them with its writes.)
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from audit_service.errors import Unavailable
 from audit_service.models import NewEvent, RecordOutcome
@@ -23,19 +22,12 @@ from audit_service.storage.base import Storage, StorageError
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_GROUP_EVENTS = 5000
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
 class _Write:
     events: Sequence[NewEvent]
     future: Future[list[RecordOutcome]] = field(default_factory=Future)
-
-
-@dataclass(slots=True)
-class _Job:
-    fn: Callable[[Storage], Any]
-    future: Future[Any] = field(default_factory=Future)
 
 
 _STOP = object()
@@ -45,7 +37,7 @@ class GroupCommitWriter:
     def __init__(self, storage: Storage, max_group_events: int = DEFAULT_MAX_GROUP_EVENTS) -> None:
         self._storage = storage
         self._max_group_events = max_group_events
-        self._queue: queue.SimpleQueue[_Write | _Job | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Write | object] = queue.SimpleQueue()
         self._closing = False
         self._lock = threading.Lock()
         self.groups_committed = 0
@@ -54,7 +46,7 @@ class GroupCommitWriter:
 
     @property
     def storage(self) -> Storage:
-        "The storage this writer commits to (read it from any thread; write through ``run``)."
+        "The storage this writer commits to."
         return self._storage
 
     def submit(self, events: Sequence[NewEvent]) -> Future[list[RecordOutcome]]:
@@ -66,16 +58,7 @@ class GroupCommitWriter:
         self._put(write)
         return write.future
 
-    def run(self, fn: Callable[[Storage], T]) -> Future[T]:
-        """Run ``fn(storage)`` on the writer thread, between groups.
-
-        :raises Unavailable: the writer is shutting down.
-        """
-        job = _Job(fn)
-        self._put(job)
-        return job.future
-
-    def _put(self, item: _Write | _Job) -> None:
+    def _put(self, item: _Write) -> None:
         with self._lock:
             if self._closing:
                 raise Unavailable("audit-service is shutting down; retry later")
@@ -106,16 +89,8 @@ class GroupCommitWriter:
             if group:
                 self._commit(group)
                 group, count = [], 0
-            if isinstance(item, _Job):
-                self._run_job(item)
-            elif item is _STOP:
+            if item is _STOP:
                 return
-
-    def _run_job(self, job: _Job) -> None:
-        try:
-            job.future.set_result(job.fn(self._storage))
-        except BaseException as exc:
-            job.future.set_exception(exc)
 
     def _commit(self, group: list[_Write]) -> None:
         events = [e for w in group for e in w.events]

@@ -1,7 +1,8 @@
 """The storage interface every backend implements.
 
-The service writes only through ``insert_batch``, from the one writer thread (see
-``audit_service.writer``); reads may come from any thread.
+The service stores events only through ``insert_batch``, from the one writer thread (see
+``audit_service.writer``); retention deletes come from the sweeping thread and reads from any
+thread.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class Storage(Protocol):
     def delete_expired(self, resource: ResourceType, cutoff_ns: int, limit: int) -> int:
         """Delete up to ``limit`` of the oldest ``resource`` events with occurred_at before
         ``cutoff_ns`` (with everything stored beside them), in one transaction; return how
-        many. Called on the writer thread.
+        many. Called on the sweeping thread, beside the writer's inserts: the backend orders
+        the two (SQLite runs it on its applier thread; PostgreSQL locks rows).
 
         :raises StorageError: nothing was deleted.
         """
