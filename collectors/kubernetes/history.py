@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from clients import pb
 from collectors.kubernetes.mapping import Mapped
-from collectors.runtime.limits import OMITTED_KEY, fit_event
+from collectors.runtime.limits import OMITTED_KEY, fit_event, fit_serialized
 from collectors.runtime.spool import SpoolTransaction
 from collectors.runtime.state_cache import StateCache
 
@@ -53,6 +53,29 @@ def _same_object(mapped: Mapped, seen: Seen) -> bool:
     return not mapped.uid or not seen.uid or mapped.uid == seen.uid
 
 
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    "One event and its snapshots (serialized Structs), not yet fitted under the limits."
+
+    event: pb.AuditEvent  # without snapshots
+    before: bytes | None = None
+    after: bytes | None = None
+
+    def message(self) -> pb.AuditEvent:
+        "The event with its snapshots, fitted (``fit_event``)."
+        event = self.event
+        if self.before is not None:
+            event.before.MergeFromString(self.before)
+        if self.after is not None:
+            event.after.MergeFromString(self.after)
+        return fit_event(event)
+
+    def serialized(self) -> bytes:
+        """The same message serialized, without parsing the snapshots into it
+        (``fit_serialized``)."""
+        return fit_serialized(self.event, self.before, self.after)
+
+
 class History:
     "The objects seen, read for one batch and written back with it."
 
@@ -60,46 +83,51 @@ class History:
         keys = [m.object_key for m in batch if m.object_key is not None and not m.failed]
         self._states = StateCache(tx, SCOPE, keys, Seen.decode, Seen.encode)
 
-    def resolve(self, mapped: Mapped) -> pb.AuditEvent:
-        """``mapped.event`` with its snapshots, the last-seen object updated; fitted under the
-        service's limits."""
+    def resolve(self, mapped: Mapped) -> Resolved:
+        "``mapped.event`` with its snapshots; the last-seen object updated."
         event = mapped.event
         key = mapped.object_key
         if mapped.failed or mapped.operation == "READ" or key is None:
-            return fit_event(event)  # a refused change, a read, or not one object
+            return Resolved(event)  # a refused change, a read, or not one object
         seen = self._states.get(key)
         if mapped.operation == "DELETE":
+            before = None
             if seen is not None and _same_object(mapped, seen):
-                event.before.MergeFromString(seen.snapshot)
+                before = seen.snapshot
             elif mapped.after_struct is not None:
-                event.before.MergeFromString(mapped.after_struct)
+                before = mapped.after_struct
             if seen is not None:
                 self._states.put(key, None)
-            return fit_event(event)
-        if mapped.after_struct is None:
-            return fit_event(event)  # no object in the event (Metadata level): no snapshots
+            return Resolved(event, before=before)
+        after = mapped.after_struct
+        if after is None:
+            return Resolved(event)  # no object in the event (Metadata level): no snapshots
+        before = None
         if seen is not None and _same_object(mapped, seen):
             if _older(mapped.resource_version, seen.resource_version):
                 # A newer object was seen already (keep it); this change's before is unknown.
                 if mapped.operation == "UPDATE":
                     event.context[OMITTED_KEY] = "arrived after a newer change to the object"
-                    return fit_event(event)
-                event.after.MergeFromString(mapped.after_struct)
-                return fit_event(event)
+                    return Resolved(event)
+                return Resolved(event, after=after)
             if mapped.operation == "UPDATE":
-                event.before.MergeFromString(seen.snapshot)
-        event.after.MergeFromString(mapped.after_struct)
-        self._states.put(key, Seen(mapped.uid, mapped.resource_version, mapped.after_struct))
-        return fit_event(event)
+                before = seen.snapshot
+        self._states.put(key, Seen(mapped.uid, mapped.resource_version, after))
+        return Resolved(event, before, after)
 
     def save(self) -> None:
         "Write what changed (inside the same transaction)."
         self._states.save()
 
 
-def resolve_all(tx: SpoolTransaction, batch: Sequence[Mapped]) -> list[pb.AuditEvent]:
+def resolve_batch(tx: SpoolTransaction, batch: Sequence[Mapped]) -> list[Resolved]:
     "Every event of ``batch`` with its snapshots, in order; the history saved in ``tx``."
     history = History(tx, batch)
-    events = [history.resolve(mapped) for mapped in batch]
+    resolved = [history.resolve(mapped) for mapped in batch]
     history.save()
-    return events
+    return resolved
+
+
+def resolve_all(tx: SpoolTransaction, batch: Sequence[Mapped]) -> list[pb.AuditEvent]:
+    "Every event of ``batch`` with its snapshots, fitted, in order; the history saved in ``tx``."
+    return [resolved.message() for resolved in resolve_batch(tx, batch)]

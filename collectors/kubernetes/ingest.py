@@ -35,8 +35,9 @@ class Ingest:
             else:
                 mapped.append(result)
         with self.runtime.spool.transaction() as tx:
-            for event in history.resolve_all(tx, mapped):
-                tx.add(event)
+            for resolved in history.resolve_batch(tx, mapped):
+                # Serialized as it is built: the snapshots are never parsed into the message.
+                tx.add_serialized(resolved.event.idempotency_key, resolved.serialized())
             if also is not None:
                 also(tx)
         for reason, count in ignored.items():

@@ -42,11 +42,8 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def fit_event(event: pb.AuditEvent) -> pb.AuditEvent:
-    """``event``, changed in place so the service can take it: texts cut to their limits
-    (NUL characters removed); over 1 MiB serialized, the ``before`` snapshot dropped, then
-    ``after`` too, with ``context.snapshots_omitted`` saying so (the event itself is kept:
-    who changed what, and when, matters more than the object's content)."""
+def _fit_texts(event: pb.AuditEvent) -> None:
+    "Texts cut to their limits, NUL characters removed (in place)."
     if event.error and (len(event.error) > MAX_ERROR_BYTES // 4 or "\x00" in event.error):
         error = event.error.replace("\x00", "").encode()
         if len(error) > MAX_ERROR_BYTES:
@@ -64,9 +61,18 @@ def fit_event(event: pb.AuditEvent) -> pb.AuditEvent:
     if len(source.name) > MAX_SHORT_TEXT_CHARS or "\x00" in source.name:
         source.name = _cut(source.name, MAX_SHORT_TEXT_CHARS)
     context = event.context
-    for key, value in context.items():
-        if len(value) > MAX_CONTEXT_VALUE_CHARS or "\x00" in value:
-            context[key] = _cut(value, MAX_CONTEXT_VALUE_CHARS)
+    # Keys, then values by key: a map's items() is a view that iterates in Python.
+    long = [k for k in context if len(v := context[k]) > MAX_CONTEXT_VALUE_CHARS or "\x00" in v]
+    for key in long:
+        context[key] = _cut(context[key], MAX_CONTEXT_VALUE_CHARS)
+
+
+def fit_event(event: pb.AuditEvent) -> pb.AuditEvent:
+    """``event``, changed in place so the service can take it: texts cut to their limits
+    (NUL characters removed); over 1 MiB serialized, the ``before`` snapshot dropped, then
+    ``after`` too, with ``context.snapshots_omitted`` saying so (the event itself is kept:
+    who changed what, and when, matters more than the object's content)."""
+    _fit_texts(event)
     size = event.ByteSize()
     if size <= MAX_EVENT_BYTES:
         return event
@@ -77,3 +83,38 @@ def fit_event(event: pb.AuditEvent) -> pb.AuditEvent:
     else:
         event.context[OMITTED_KEY] = f"before: the event was {size} bytes"
     return event
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_BEFORE_TAG = _varint(pb.AuditEvent.BEFORE_FIELD_NUMBER << 3 | 2)  # length-delimited
+_AFTER_TAG = _varint(pb.AuditEvent.AFTER_FIELD_NUMBER << 3 | 2)
+
+
+def fit_serialized(event: pb.AuditEvent, before: bytes | None, after: bytes | None) -> bytes:
+    """What ``fit_event`` makes of ``event`` with these snapshots (serialized
+    ``google.protobuf.Struct``s, or None for none), serialized, without parsing them:
+    ``event`` (which has no snapshots of its own) is fitted and serialized, and the snapshots
+    it keeps are appended as its ``before`` and ``after`` fields. It parses as the same
+    message; only the order of the fields on the wire differs."""
+    if event.HasField("before") or event.HasField("after"):
+        raise ValueError("the event has snapshots of its own")
+    _fit_texts(event)
+    before_field = b"" if before is None else _BEFORE_TAG + _varint(len(before)) + before
+    after_field = b"" if after is None else _AFTER_TAG + _varint(len(after)) + after
+    size = event.ByteSize() + len(before_field) + len(after_field)
+    if size > MAX_EVENT_BYTES:
+        before_field = b""
+        if event.ByteSize() + len(after_field) > MAX_EVENT_BYTES:
+            after_field = b""
+            event.context[OMITTED_KEY] = f"before and after: the event was {size} bytes"
+        else:
+            event.context[OMITTED_KEY] = f"before: the event was {size} bytes"
+    return event.SerializeToString() + before_field + after_field

@@ -60,6 +60,17 @@ CREATE TABLE IF NOT EXISTS state (
 ) WITHOUT ROWID;
 """
 
+_ROWS_PER_INSERT = 200  # 800 parameters: under SQLite's oldest limit (999)
+
+
+def _insert_rows_sql(rows: int) -> str:
+    "One INSERT of ``rows`` rows (placeholders only)."
+    values = ",".join(["(?, ?, ?, ?)"] * rows)
+    return f"INSERT OR IGNORE INTO spool (key, event, size, spooled_at) VALUES {values}"  # noqa: S608
+
+
+_INSERT_ROWS = _insert_rows_sql(_ROWS_PER_INSERT)
+
 DEFAULT_MAX_EVENTS = 200_000
 DEFAULT_MAX_BYTES = 1024 * 1024 * 1024
 
@@ -116,10 +127,17 @@ class SpoolTransaction:
         :raises ValueError: the event has no idempotency key.
         """
         message = event.to_pb() if isinstance(event, Event) else event
-        if not message.idempotency_key:
+        self.add_serialized(message.idempotency_key, message.SerializeToString())
+
+    def add_serialized(self, key: str, data: bytes) -> None:
+        """Spool an event already serialized (``data``, an ``auditlog.v1.AuditEvent``) whose
+        idempotency key is ``key``: for a source that builds the bytes itself.
+
+        :raises ValueError: ``key`` is empty.
+        """
+        if not key:
             raise ValueError("a spooled event needs an idempotency key (from the source's id)")
-        data = message.SerializeToString()
-        self._rows.append((message.idempotency_key, data, len(data), time.time()))
+        self._rows.append((key, data, len(data), time.time()))
         self._bytes += len(data)
 
     @property
@@ -250,11 +268,7 @@ class Spool:
                 if tx._rows:
                     self._check_room(len(tx._rows), tx._bytes)
                     before = self._conn.total_changes
-                    self._conn.executemany(
-                        "INSERT OR IGNORE INTO spool (key, event, size, spooled_at)"
-                        " VALUES (?, ?, ?, ?)",
-                        tx._rows,
-                    )
+                    self._insert(tx._rows)
                     inserted = self._conn.total_changes - before
                     if inserted == len(tx._rows):
                         added_bytes = tx._bytes
@@ -276,6 +290,15 @@ class Spool:
             self._stats.add("received", len(tx._rows))
             if inserted:
                 self._changed.notify_all()
+
+    def _insert(self, rows: Sequence[tuple[str, bytes, int, float]]) -> None:
+        "Rows into ``spool`` (a key spooled already is skipped), many to a statement."
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            self._conn.execute(
+                _INSERT_ROWS if len(chunk) == _ROWS_PER_INSERT else _insert_rows_sql(len(chunk)),
+                [value for row in chunk for value in row],
+            )
 
     def add(self, events: Sequence[pb.AuditEvent | Event]) -> None:
         "Spool ``events`` in one transaction. :raises SpoolFull, ValueError:"
