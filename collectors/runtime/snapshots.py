@@ -46,8 +46,12 @@ def _length(n: int) -> bytes:
     return _SMALL[n] if n < 16384 else _varint_slow(n)
 
 
-_keys: dict[str, bytes] = {}  # key -> the map entry's key field
+_keys: dict[Any, bytes] = {}  # key -> the map entry's key field
 _strings: dict[str, bytes] = {}  # short string -> its whole Value
+# key -> {short string or int -> the whole map entry}: most of an object's fields are a key
+# and a short string or a small number that the previous object had too.
+_entries: dict[Any, dict[Any, bytes]] = {}
+_entries_held = 0
 
 
 def _key(key: Any) -> bytes:
@@ -66,6 +70,31 @@ def _string(value: str) -> bytes:
         if len(_strings) >= _CACHE_LIMIT:
             _strings.clear()
         _strings[value] = encoded
+    return encoded
+
+
+def _entry(key: Any, value: Any, depth: int) -> bytes:
+    "One map entry (key and ``Value``) of a Struct at ``depth``, with its tag and length."
+    encoded_key = _keys.get(key)
+    if encoded_key is None:
+        encoded_key = _key(key)
+    encoded = _value(value, depth)
+    entry = encoded_key + b"\x12" + _length(len(encoded)) + encoded
+    return b"\x0a" + _length(len(entry)) + entry
+
+
+def _cached_entry(key: Any, value: Any, depth: int) -> bytes:
+    "``_entry`` for a short string or an int, remembered for the next object."
+    global _entries_held
+    encoded = _entry(key, value, depth)
+    if _entries_held >= _CACHE_LIMIT:
+        _entries.clear()
+        _entries_held = 0
+    per_key = _entries.get(key)
+    if per_key is None:
+        per_key = _entries[key] = {}
+    per_key[value] = encoded
+    _entries_held += 1
     return encoded
 
 
@@ -112,14 +141,39 @@ def _struct_body(obj: Mapping[str, Any], depth: int) -> bytes:
         raise NotASnapshot(f"nests deeper than {MAX_SNAPSHOT_DEPTH} levels")
     parts: list[bytes] = []
     append = parts.append
-    keys = _keys
+    entries = _entries
+    small = _SMALL
     for key, value in obj.items():
-        encoded_key = keys.get(key)
-        if encoded_key is None:
-            encoded_key = _key(key)
-        encoded = _value(value, depth)
-        entry = encoded_key + b"\x12" + _length(len(encoded)) + encoded
-        append(b"\x0a" + _length(len(entry)) + entry)
+        kind = type(value)
+        # Only exact str and int are looked up: a cache keyed by value must not take True for
+        # 1, or 0 for -0.0 (equal as keys, different on the wire).
+        if kind is str:
+            if len(value) > _CACHED_STRING_CHARS:
+                append(_entry(key, value, depth))
+                continue
+        elif kind is dict or kind is list:
+            encoded_key = _keys.get(key)
+            if encoded_key is None:
+                encoded_key = _key(key)
+            if kind is dict:
+                body = _struct_body(value, depth + 1)
+                tag = b"\x2a"
+            else:
+                body = _list_body(value, depth + 1)
+                tag = b"\x32"
+            n = len(body)
+            encoded = tag + (small[n] if n < 16384 else _varint_slow(n)) + body
+            n = len(encoded)
+            entry = encoded_key + b"\x12" + (small[n] if n < 16384 else _varint_slow(n)) + encoded
+            n = len(entry)
+            append(b"\x0a" + (small[n] if n < 16384 else _varint_slow(n)) + entry)
+            continue
+        elif kind is not int:
+            append(_entry(key, value, depth))
+            continue
+        per_key = entries.get(key)
+        cached = None if per_key is None else per_key.get(value)
+        append(cached if cached is not None else _cached_entry(key, value, depth))
     return b"".join(parts)
 
 
