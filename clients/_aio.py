@@ -34,7 +34,14 @@ from clients._errors import AuditClientError, error_from_rpc, error_from_status
 from clients._generated.auditlog.v1 import audit_pb2 as pb
 from clients._generated.auditlog.v1 import audit_pb2_grpc as pb_grpc
 from clients._retry import Retrier, RetryPolicy, call_with_retry_async
-from clients._stream import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, RecordStreamState
+from clients._stream import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    RECORD_STREAM_METHOD,
+    RecordInput,
+    RecordStreamState,
+    serialize_request,
+)
 from clients._values import (
     Diff,
     Event,
@@ -68,6 +75,12 @@ class AsyncAuditClient:
         self._retry = retry or RetryPolicy()
         self._channel = make_aio_channel(target, self._tls, interceptors)
         self.stub = pb_grpc.AuditServiceStub(self._channel)
+        # RecordStream as record_many calls it: requests are messages or their wire bytes.
+        self._record_stream = self._channel.stream_stream(
+            RECORD_STREAM_METHOD,
+            request_serializer=serialize_request,
+            response_deserializer=pb.RecordStreamResponse.FromString,
+        )
 
     async def close(self) -> None:
         await self._channel.close(None)
@@ -101,14 +114,14 @@ class AsyncAuditClient:
 
     async def record_many(
         self,
-        events: Iterable[EventLike],
+        events: Iterable[RecordInput],
         *,
         batch_size: int = MAX_BATCH_EVENTS,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         window: int = 4,
         timeout: float | None = None,
     ) -> builtins.list[RecordResult]:
-        "As ``AuditClient.record_many`` (``events`` is a plain iterable)."
+        "As ``AuditClient.record_many`` (``events`` is a plain iterable, bytes included)."
         if window < 1:
             raise ValueError("window must be at least 1")
         state = RecordStreamState(events, batch_size=batch_size, max_batch_bytes=max_batch_bytes)
@@ -133,7 +146,7 @@ class AsyncAuditClient:
         self, state: RecordStreamState, window: int, timeout: float | None = None
     ) -> None:
         # The requests are written to the call below.
-        call = self.stub.RecordStream(None, metadata=self._metadata, timeout=timeout)
+        call = self._record_stream(None, metadata=self._metadata, timeout=timeout)
         in_flight = 0
         exhausted = False
         try:
@@ -236,10 +249,10 @@ class AsyncAuditClient:
         return Diff.from_pb(await call_with_retry_async(call, self._retry, convert_error))
 
 
-_Stream = grpc.aio.StreamStreamCall[pb.RecordStreamRequest, pb.RecordStreamResponse]
+_Stream = grpc.aio.StreamStreamCall[pb.RecordStreamRequest | bytes, pb.RecordStreamResponse]
 
 
-async def _write(call: _Stream, request: pb.RecordStreamRequest) -> None:
+async def _write(call: _Stream, request: pb.RecordStreamRequest | bytes) -> None:
     try:
         await call.write(request)
     except grpc.RpcError as exc:

@@ -22,7 +22,14 @@ from clients._errors import AuditClientError, error_from_rpc
 from clients._generated.auditlog.v1 import audit_pb2 as pb
 from clients._generated.auditlog.v1 import audit_pb2_grpc as pb_grpc
 from clients._retry import Retrier, RetryPolicy, call_with_retry
-from clients._stream import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, RecordStreamState
+from clients._stream import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    RECORD_STREAM_METHOD,
+    RecordInput,
+    RecordStreamState,
+    serialize_request,
+)
 from clients._values import (
     Diff,
     Event,
@@ -111,6 +118,12 @@ class AuditClient:
         self._channel = make_channel(target, self._tls, interceptors)
         self.stub = pb_grpc.AuditServiceStub(self._channel)
         "The generated stub on this client's channel, for anything the methods do not cover."
+        # RecordStream as record_many calls it: requests are messages or their wire bytes.
+        self._record_stream = self._channel.stream_stream(
+            RECORD_STREAM_METHOD,
+            request_serializer=serialize_request,
+            response_deserializer=pb.RecordStreamResponse.FromString,
+        )
 
     def close(self) -> None:
         self._channel.close()
@@ -154,7 +167,7 @@ class AuditClient:
 
     def record_many(
         self,
-        events: Iterable[EventLike],
+        events: Iterable[RecordInput],
         *,
         batch_size: int = MAX_BATCH_EVENTS,
         max_batch_bytes: int = MAX_BATCH_BYTES,
@@ -163,6 +176,9 @@ class AuditClient:
     ) -> builtins.list[RecordResult]:
         """Store many events over one RecordStream; one result per event, in input order.
 
+        ``events``: any form ``record`` takes, or ``AuditEvent`` wire bytes
+        (``SerializeToString()`` of one), sent as they are; bytes that do not parse as an
+        AuditEvent get an ``InvalidEvent`` result (``field`` ``event``) and are never sent.
         Events are sent in batches of at most ``batch_size`` events and ``max_batch_bytes``
         bytes, with up to ``window`` batches awaiting acknowledgement. An event the service
         rejects gets an ``error`` in its result (an ``InvalidEvent`` naming the field, say)
@@ -195,9 +211,9 @@ class AuditClient:
     def _stream_once(
         self, state: RecordStreamState, window: int, timeout: float | None = None
     ) -> None:
-        outbox: queue.SimpleQueue[pb.RecordStreamRequest | None] = queue.SimpleQueue()
+        outbox: queue.SimpleQueue[pb.RecordStreamRequest | bytes | None] = queue.SimpleQueue()
 
-        def requests() -> Iterator[pb.RecordStreamRequest]:
+        def requests() -> Iterator[pb.RecordStreamRequest | bytes]:
             while (request := outbox.get()) is not None:
                 yield request
 
@@ -218,7 +234,7 @@ class AuditClient:
         for batch in state.unacknowledged():
             outbox.put(batch.request)
             in_flight += 1
-        responses = self.stub.RecordStream(requests(), metadata=self._metadata, timeout=timeout)
+        responses = self._record_stream(requests(), metadata=self._metadata, timeout=timeout)
         try:
             top_up()
             for response in responses:

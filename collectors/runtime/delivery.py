@@ -32,7 +32,6 @@ from clients import (
     PermissionDenied,
     TooLarge,
     Unauthenticated,
-    pb,
 )
 from collectors.runtime.logs import get_logger
 from collectors.runtime.spool import Spool, SpooledEvent
@@ -198,8 +197,9 @@ class Delivery:
                 self._client.close()
                 self._client = None
 
-    def _source(self, taken: list[SpooledEvent]) -> Iterator[pb.AuditEvent]:
-        "The round's events, read from the spool page by page as the stream pulls them."
+    def _source(self, taken: list[SpooledEvent]) -> Iterator[bytes]:
+        """The round's events, read from the spool page by page as the stream pulls them: their
+        spooled AuditEvent bytes, which ``record_many`` sends as they are."""
         after = 0
         page_size = self.settings.batch_size
         while len(taken) < self.settings.round_events:
@@ -208,7 +208,7 @@ class Delivery:
                 return  # caught up: the round ends once what was sent is acknowledged
             for item in page:
                 taken.append(item)
-                yield pb.AuditEvent.FromString(item.data)
+                yield item.data
             after = page[-1].seq
 
     def _deliver(self) -> bool:
