@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from clients import pb
+from collectors.runtime.wire import varint
 
 MAX_EVENT_BYTES = 1024 * 1024  # the service refuses bigger events (RESOURCE_EXHAUSTED)
 MAX_ERROR_BYTES = 4096
@@ -85,17 +86,8 @@ def fit_event(event: pb.AuditEvent) -> pb.AuditEvent:
     return event
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_BEFORE_TAG = _varint(pb.AuditEvent.BEFORE_FIELD_NUMBER << 3 | 2)  # length-delimited
-_AFTER_TAG = _varint(pb.AuditEvent.AFTER_FIELD_NUMBER << 3 | 2)
+_BEFORE_TAG = varint(pb.AuditEvent.BEFORE_FIELD_NUMBER << 3 | 2)  # length-delimited
+_AFTER_TAG = varint(pb.AuditEvent.AFTER_FIELD_NUMBER << 3 | 2)
 
 
 def fit_serialized(event: pb.AuditEvent, before: bytes | None, after: bytes | None) -> bytes:
@@ -107,8 +99,8 @@ def fit_serialized(event: pb.AuditEvent, before: bytes | None, after: bytes | No
     if event.HasField("before") or event.HasField("after"):
         raise ValueError("the event has snapshots of its own")
     _fit_texts(event)
-    before_field = b"" if before is None else _BEFORE_TAG + _varint(len(before)) + before
-    after_field = b"" if after is None else _AFTER_TAG + _varint(len(after)) + after
+    before_field = b"" if before is None else _BEFORE_TAG + varint(len(before)) + before
+    after_field = b"" if after is None else _AFTER_TAG + varint(len(after)) + after
     size = event.ByteSize() + len(before_field) + len(after_field)
     if size > MAX_EVENT_BYTES:
         before_field = b""

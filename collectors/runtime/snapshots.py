@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from collectors.runtime.limits import MAX_SNAPSHOT_DEPTH
+from collectors.runtime.wire import SMALL_VARINTS, varint
 
 _pack_double = _struct.Struct("<d").pack
 _CACHE_LIMIT = 16_384
@@ -28,22 +29,6 @@ _CACHED_STRING_CHARS = 64
 
 class NotASnapshot(ValueError):
     "The value cannot be a snapshot: nests too deep, or holds a type JSON does not have."
-
-
-def _varint_slow(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_SMALL = [_varint_slow(n) for n in range(16384)]  # lengths below 16 KiB: a table lookup
-
-
-def _length(n: int) -> bytes:
-    return _SMALL[n] if n < 16384 else _varint_slow(n)
 
 
 _keys: dict[Any, bytes] = {}  # key -> the map entry's key field
@@ -56,7 +41,7 @@ _entries_held = 0
 
 def _key(key: Any) -> bytes:
     data = str(key).encode("utf-8", "replace")
-    encoded = b"\x0a" + _length(len(data)) + data
+    encoded = b"\x0a" + varint(len(data)) + data
     if len(_keys) >= _CACHE_LIMIT:
         _keys.clear()
     _keys[key] = encoded
@@ -65,7 +50,7 @@ def _key(key: Any) -> bytes:
 
 def _string(value: str) -> bytes:
     data = value.encode("utf-8", "replace")
-    encoded = b"\x1a" + _length(len(data)) + data
+    encoded = b"\x1a" + varint(len(data)) + data
     if len(value) <= _CACHED_STRING_CHARS:
         if len(_strings) >= _CACHE_LIMIT:
             _strings.clear()
@@ -79,8 +64,8 @@ def _entry(key: Any, value: Any, depth: int) -> bytes:
     if encoded_key is None:
         encoded_key = _key(key)
     encoded = _value(value, depth)
-    entry = encoded_key + b"\x12" + _length(len(encoded)) + encoded
-    return b"\x0a" + _length(len(entry)) + entry
+    entry = encoded_key + b"\x12" + varint(len(encoded)) + encoded
+    return b"\x0a" + varint(len(entry)) + entry
 
 
 def _cached_entry(key: Any, value: Any, depth: int) -> bytes:
@@ -106,14 +91,14 @@ def _value(value: Any, depth: int) -> bytes:
         return cached if cached is not None else _string(value)
     if kind is dict:
         body = _struct_body(value, depth + 1)
-        return b"\x2a" + _length(len(body)) + body
+        return b"\x2a" + varint(len(body)) + body
     if kind is int or kind is float:
         return b"\x11" + _pack_double(value)
     if kind is bool:
         return b"\x20\x01" if value else b"\x20\x00"
     if kind is list:
         body = _list_body(value, depth + 1)
-        return b"\x32" + _length(len(body)) + body
+        return b"\x32" + varint(len(body)) + body
     if value is None:
         return b"\x08\x00"
     return _other(value, depth)
@@ -129,10 +114,10 @@ def _other(value: Any, depth: int) -> bytes:
         return b"\x11" + _pack_double(float(value))
     if isinstance(value, Mapping):
         body = _struct_body(value, depth + 1)
-        return b"\x2a" + _length(len(body)) + body
+        return b"\x2a" + varint(len(body)) + body
     if isinstance(value, list | tuple):
         body = _list_body(value, depth + 1)
-        return b"\x32" + _length(len(body)) + body
+        return b"\x32" + varint(len(body)) + body
     raise NotASnapshot(f"a {type(value).__name__} is not a JSON value")
 
 
@@ -142,7 +127,7 @@ def _struct_body(obj: Mapping[str, Any], depth: int) -> bytes:
     parts: list[bytes] = []
     append = parts.append
     entries = _entries
-    small = _SMALL
+    small = SMALL_VARINTS
     for key, value in obj.items():
         kind = type(value)
         # Only exact str and int are looked up: a cache keyed by value must not take True for
@@ -162,11 +147,11 @@ def _struct_body(obj: Mapping[str, Any], depth: int) -> bytes:
                 body = _list_body(value, depth + 1)
                 tag = b"\x32"
             n = len(body)
-            encoded = tag + (small[n] if n < 16384 else _varint_slow(n)) + body
+            encoded = tag + (small[n] if n < 16384 else varint(n)) + body
             n = len(encoded)
-            entry = encoded_key + b"\x12" + (small[n] if n < 16384 else _varint_slow(n)) + encoded
+            entry = encoded_key + b"\x12" + (small[n] if n < 16384 else varint(n)) + encoded
             n = len(entry)
-            append(b"\x0a" + (small[n] if n < 16384 else _varint_slow(n)) + entry)
+            append(b"\x0a" + (small[n] if n < 16384 else varint(n)) + entry)
             continue
         elif kind is not int:
             append(_entry(key, value, depth))
@@ -183,7 +168,7 @@ def _list_body(items: Sequence[Any], depth: int) -> bytes:
     parts: list[bytes] = []
     for item in items:
         encoded = _value(item, depth)
-        parts.append(b"\x0a" + _length(len(encoded)) + encoded)
+        parts.append(b"\x0a" + varint(len(encoded)) + encoded)
     return b"".join(parts)
 
 
