@@ -455,8 +455,9 @@ class StateBackend:
             return Response.error(HTTPStatus.BAD_REQUEST, str(exc))
         with self.store.transaction(target.workspace) as tx:
             holder = tx.lock()
-            if holder is not None and parse_lock(holder).id != wanted.id:
-                held = parse_lock(holder)
+            if holder is None:
+                tx.set_lock(wanted.raw)
+            elif (held := parse_lock(holder)).id != wanted.id:
                 self.runtime.count("lock_conflicts")
                 self.log.info(
                     "lock refused: held by another",
@@ -466,8 +467,6 @@ class StateBackend:
                     who=wanted.who,
                 )
                 return _locked(holder)
-            if holder is None:
-                tx.set_lock(wanted.raw)
         if holder is None:
             self.runtime.count("locks")
             self.log.info(
